@@ -1,0 +1,5 @@
+"""Allow ``python -m melanoma``."""
+
+from melanoma.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Command line: one subcommand per pipeline stage (the dvc.yaml cmds call these).
+
+This is the only place that reads params.yaml and the environment; it passes typed values on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from melanoma.config import MODEL_NAMES, Params, load_params
+from melanoma.errors import MelanomaError
+
+log = logging.getLogger("melanoma")
+
+RAW_DIR = Path("data/raw")
+PREPARED_DIR = Path("data/prepared")
+SPLITS_DIR = Path("data/splits")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("reports/metrics")
+PLOTS_DIR = Path("reports/plots")
+
+
+def _quiet_third_parties() -> None:
+    # Offline by design: no telemetry from MLflow, DVC or anything honouring DO_NOT_TRACK.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    for name in ("mlflow", "alembic", "urllib3", "PIL", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _tracking(params: Params, repo_root: Path):  # noqa: ANN202 - avoids importing mlflow at startup
+    from melanoma.tracking import Tracking, default_artifact_location, default_tracking_uri, git_commit
+
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return Tracking(
+        uri=env_uri or default_tracking_uri(repo_root),
+        experiment=params.mlflow.experiment,
+        # Only a local sqlite store needs an explicit artifact folder; a server decides its own.
+        artifact_location=None if env_uri else default_artifact_location(repo_root),
+        git_commit=git_commit(repo_root),
+        dvc_exp_name=os.environ.get("DVC_EXP_NAME"),
+    )
+
+
+def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
+    from melanoma import atomic
+    from melanoma.ingest.synthetic import generate_synthetic
+
+    source = params.ingest.source
+    if source == "synthetic":
+        with atomic.atomic_dir(args.out) as tmp:
+            report = generate_synthetic(tmp, params.ingest.synthetic, params.base.seed, params.ingest.workers)
+        log.info("ingest: wrote %d synthetic images to %s", report.get("n_images", 0), args.out)
+
+
+def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
+    from melanoma.prepare import prepare
+
+    prepare(args.raw, args.out, params.prepare)
+
+
+def cmd_split(params: Params, args: argparse.Namespace) -> None:
+    from melanoma.prepare import load_prepared
+    from melanoma.split import split_frame, split_report, write_splits
+
+    _, index = load_prepared(args.prepared)
+    frames = split_frame(index, params.split, params.base.seed)
+    report = split_report(frames)
+    write_splits(args.out, frames, report)
+    for name in ("train", "val", "test"):
+        r = report[name]
+        log.info(
+            "split %-5s %5d images, %4d melanoma (%.3f)",
+            name,
+            r["n"],
+            r["n_melanoma"],
+            r["melanoma_fraction"],
+        )
+
+
+def cmd_train(params: Params, args: argparse.Namespace) -> None:
+    from melanoma.train import train_model
+
+    out = args.out or MODELS_DIR / args.model
+    train_model(args.model, args.prepared, args.splits, out, params, _tracking(params, Path.cwd()))
+
+
+def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+    from melanoma.evaluate import evaluate_model
+
+    evaluate_model(
+        args.model,
+        args.model_dir or MODELS_DIR / args.model,
+        args.prepared,
+        args.splits,
+        METRICS_DIR / f"{args.model}.json",
+        PLOTS_DIR / args.model,
+        params.evaluate,
+        params.base.seed,
+    )
+
+
+def cmd_check(params: Params, args: argparse.Namespace) -> None:
+    print(f"{args.params}: OK")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="melanoma", description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="write data/raw from the configured source")
+    p.add_argument("--out", type=Path, default=RAW_DIR)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("prepare", help="clean and resize data/raw into data/prepared")
+    p.add_argument("--raw", type=Path, default=RAW_DIR)
+    p.add_argument("--out", type=Path, default=PREPARED_DIR)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("split", help="patient-grouped stratified train/val/test split")
+    p.add_argument("--prepared", type=Path, default=PREPARED_DIR)
+    p.add_argument("--out", type=Path, default=SPLITS_DIR)
+    p.set_defaults(func=cmd_split)
+
+    for name, func in (("train", cmd_train), ("evaluate", cmd_evaluate)):
+        p = sub.add_parser(name, help=f"{name} one model")
+        p.add_argument("model", choices=MODEL_NAMES)
+        p.add_argument("--prepared", type=Path, default=PREPARED_DIR)
+        p.add_argument("--splits", type=Path, default=SPLITS_DIR)
+        if name == "train":
+            p.add_argument("--out", type=Path, default=None)
+        else:
+            p.add_argument("--model-dir", type=Path, default=None)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("check", help="validate params.yaml and exit")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``melanoma`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    _quiet_third_parties()
+    try:
+        params = load_params(args.params)  # validated before any work
+        args.func(params, args)
+    except MelanomaError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Typed pipeline parameters: loaded from params.yaml once, validated strictly, with clear errors.
+
+Every knob of the pipeline lives in one dataclass below; ``load_params`` rejects unknown keys
+(with a "did you mean" hint) and wrong types (naming the dotted key and the expected type)
+before any stage does work. Only the CLI calls ``load_params``; library code takes the typed
+dataclasses (or plain values) as arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from melanoma.errors import ConfigError
+
+MODEL_NAMES = ("baseline", "cnn", "transfer")
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    """Settings shared by every stage."""
+
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """The built-in synthetic ISIC-like sample (``ingest.source: synthetic``)."""
+
+    n_images: int = 2000
+    melanoma_fraction: float = 0.10
+    unlabeled_fraction: float = 0.01
+    corrupt_count: int = 4
+    duplicate_count: int = 3
+    min_width: int = 600
+    max_width: int = 2048
+    max_images_per_lesion: int = 3
+    max_lesions_per_patient: int = 4
+    jpeg_quality: int = 90
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """Where the raw images come from."""
+
+    source: Literal["synthetic"] = "synthetic"  # isic, folder, challenge: see issue #3
+    workers: int = 0  # 0 = all cores
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """Cleaning and resizing of the raw layout."""
+
+    image_size: int = 100
+    fit: Literal["crop", "squash", "pad"] = "crop"
+    draft: bool = True
+    workers: int = 0  # 0 = all cores
+    drop_duplicates: bool = True
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """Patient-grouped, label-stratified train/val/test split."""
+
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15  # fraction of the non-test part
+    group_by: tuple[str, ...] = ("patient_id", "lesion_id")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Settings shared by every trainer."""
+
+    target_sensitivity: float | None = None  # None: threshold at Youden's J on validation
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """The scikit-learn baseline on hand-crafted image features."""
+
+    candidates: tuple[
+        Literal["logistic_regression", "random_forest", "gradient_boosting", "adaboost"], ...
+    ] = ("logistic_regression", "random_forest", "gradient_boosting", "adaboost")
+    n_estimators: int = 200
+    max_depth: int = 3
+    learning_rate: float = 0.1
+    class_weight: Literal["balanced", "none"] = "balanced"
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Test-set evaluation."""
+
+    bootstrap: int = 500
+    ci: float = 0.95
+    calibration_bins: int = 10
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    """Experiment and registry names (the tracking URI comes from the environment)."""
+
+    experiment: str = "melanoma-classification"
+    registered_model: str = "melanoma-classifier"
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    base: BaseParams = field(default_factory=BaseParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    baseline: BaselineParams = field(default_factory=BaselineParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+
+# Range checks that a type alone cannot express: dotted key -> (predicate, requirement text).
+_RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "ingest.synthetic.n_images": (lambda v: v >= 1, "at least 1"),
+    "ingest.synthetic.melanoma_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "ingest.synthetic.unlabeled_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ingest.synthetic.corrupt_count": (lambda v: v >= 0, "at least 0"),
+    "ingest.synthetic.duplicate_count": (lambda v: v >= 0, "at least 0"),
+    "ingest.synthetic.min_width": (lambda v: v >= 64, "at least 64"),
+    "ingest.synthetic.max_images_per_lesion": (lambda v: v >= 1, "at least 1"),
+    "ingest.synthetic.max_lesions_per_patient": (lambda v: v >= 1, "at least 1"),
+    "ingest.synthetic.jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),
+    "ingest.workers": (lambda v: v >= 0, "at least 0 (0 = all cores)"),
+    "prepare.image_size": (lambda v: 8 <= v <= 1024, "between 8 and 1024"),
+    "prepare.workers": (lambda v: v >= 0, "at least 0 (0 = all cores)"),
+    "split.test_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "split.val_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "split.group_by": (lambda v: len(set(v)) == len(v), "a list without repeats"),
+    "train.target_sensitivity": (lambda v: v is None or 0 < v < 1, "null or between 0 and 1"),
+    "baseline.candidates": (lambda v: len(v) >= 1, "a non-empty list"),
+    "baseline.n_estimators": (lambda v: v >= 1, "at least 1"),
+    "baseline.max_depth": (lambda v: v >= 1, "at least 1"),
+    "baseline.learning_rate": (lambda v: v > 0, "greater than 0"),
+    "evaluate.bootstrap": (lambda v: v >= 0, "at least 0"),
+    "evaluate.ci": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "evaluate.calibration_bins": (lambda v: v >= 2, "at least 2"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp``; return it converted (lists to tuples)."""
+    origin = get_origin(tp)
+    wrong = ConfigError(
+        f"params.yaml: '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise wrong
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise wrong
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise wrong
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise wrong
+        item_tp = get_args(tp)[0]
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    raise TypeError(f"unsupported parameter type {tp!r} for {key}")  # a bug in this module
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else key
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"params.yaml: unknown key '{dotted}'{hint}; known keys here: {', '.join(names)}"
+            )
+    kwargs = {}
+    for name in names:
+        if name in data:
+            dotted = f"{prefix}.{name}" if prefix else name
+            value = _convert(data[name], hints[name], dotted)
+            rule = _RULES.get(dotted)
+            if rule and not rule[0](value):
+                raise ConfigError(f"params.yaml: '{dotted}' must be {rule[1]}, got {value!r}")
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def params_from_dict(data: dict[str, Any] | None) -> Params:
+    """Validate a parsed params mapping and return typed ``Params``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("params.yaml: the top level must be a mapping of sections")
+    params = _build(Params, data, "")
+    syn = params.ingest.synthetic
+    if syn.max_width < syn.min_width:
+        raise ConfigError(
+            "params.yaml: 'ingest.synthetic.max_width' must be >= 'ingest.synthetic.min_width', "
+            f"got {syn.max_width} < {syn.min_width}"
+        )
+    if params.split.test_fraction + params.split.val_fraction * (1 - params.split.test_fraction) >= 1:
+        raise ConfigError(
+            "params.yaml: 'split.test_fraction' and 'split.val_fraction' leave no training data"
+        )
+    return params
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate ``params.yaml``; raise ConfigError with the offending key on bad input."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read parameters file {path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return params_from_dict(data)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a params dataclass into dotted keys (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        elif isinstance(value, tuple):
+            out[key] = ",".join(map(str, value))
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,246 @@
+"""Evaluate one trained model on the test split: metrics JSON, DVC plot data, figures, MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from melanoma import atomic
+from melanoma.config import EvaluateParams
+from melanoma.metrics import (
+    confusion_at,
+    expected_calibration_error,
+    grouped_bootstrap_ci,
+    rates,
+    reliability,
+    safe_ap,
+    safe_auc,
+    sens_at_spec,
+    spec_at_sens,
+)
+from melanoma.models import load_model, read_model_json
+from melanoma.prepare import load_prepared
+from melanoma.train import load_splits, split_arrays
+
+log = logging.getLogger(__name__)
+CLASS_NAMES = {0: "not_melanoma", 1: "melanoma"}
+OPERATING_POINTS = (0.80, 0.90, 0.95)
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf -> None so the JSON stays valid for DVC and browsers."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return None if not math.isfinite(float(obj)) else round(float(obj), 6)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def test_metrics(
+    y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: float, params: EvaluateParams, seed: int
+) -> dict[str, Any]:
+    """All scalar test metrics, with patient-grouped bootstrap CIs for ROC AUC and PR AUC."""
+    cm = confusion_at(y, prob, threshold)
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "n_melanoma": int(y.sum()),
+        "prevalence": float(y.mean()),
+        "roc_auc": safe_auc(y, prob),
+        "pr_auc": safe_ap(y, prob),
+        "threshold": threshold,
+        **rates(cm),
+        **cm,
+        "brier": float(np.mean((prob - y) ** 2)),
+        "ece": expected_calibration_error(y, prob, params.calibration_bins),
+    }
+    for name, fn in (("roc_auc", safe_auc), ("pr_auc", safe_ap)):
+        lo, hi = grouped_bootstrap_ci(y, prob, groups, fn, params.bootstrap, params.ci, seed)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+    for p in OPERATING_POINTS:
+        out[f"spec_at_sens_{round(p * 100)}"] = spec_at_sens(y, prob, p)
+        out[f"sens_at_spec_{round(p * 100)}"] = sens_at_spec(y, prob, p)
+    return out
+
+
+def age_band(value: Any) -> str:
+    """<40, 40-60, >60 or unknown, from age_approx."""
+    try:
+        age = float(value)
+    except (TypeError, ValueError):
+        return "unknown"
+    if math.isnan(age):
+        return "unknown"
+    return "<40" if age < 40 else ("40-60" if age <= 60 else ">60")
+
+
+def subgroup_metrics(
+    frame: pd.DataFrame, y: np.ndarray, prob: np.ndarray, threshold: float
+) -> list[dict[str, Any]]:
+    """AUC, sensitivity and specificity by sex, age band and site."""
+    cols = {
+        "sex": frame.get("sex", pd.Series("", index=frame.index)).replace("", "unknown"),
+        "age_band": frame.get("age_approx", pd.Series("", index=frame.index)).map(age_band),
+        "site": frame.get("site", pd.Series("", index=frame.index)).replace("", "unknown"),
+    }
+    rows = []
+    for attr, values in cols.items():
+        values = values.fillna("unknown").astype(str).to_numpy()
+        for v in sorted(set(values)):
+            sel = values == v
+            cm = confusion_at(y[sel], prob[sel], threshold)
+            r = rates(cm)
+            rows.append(
+                {
+                    "attribute": attr,
+                    "value": v,
+                    "n": int(sel.sum()),
+                    "n_melanoma": int(y[sel].sum()),
+                    "roc_auc": safe_auc(y[sel], prob[sel]),
+                    "sensitivity": r["sensitivity"],
+                    "specificity": r["specificity"],
+                }
+            )
+    return rows
+
+
+def plot_data(
+    y: np.ndarray, prob: np.ndarray, threshold: float, bins: int
+) -> dict[str, list[dict[str, Any]]]:
+    """DVC plot series: ROC, PR, confusion rows, calibration."""
+    fpr, tpr, thr = roc_curve(y, prob)
+    precision, recall, pthr = precision_recall_curve(y, prob)
+    pred = (prob >= threshold).astype(int)
+    return {
+        "roc": [
+            {"fpr": float(a), "tpr": float(b), "threshold": float(min(c, 1.0))}
+            for a, b, c in zip(fpr, tpr, thr)
+        ],
+        "prc": [
+            {"recall": float(r), "precision": float(p), "threshold": float(t)}
+            for r, p, t in zip(recall[:-1], precision[:-1], pthr)
+        ],
+        "confusion": [
+            {"actual": CLASS_NAMES[int(a)], "predicted": CLASS_NAMES[int(b)]} for a, b in zip(y, pred)
+        ],
+        "calibration": reliability(y, prob, bins),
+    }
+
+
+def save_figures(
+    plots_dir: Path, name: str, series: dict[str, list[dict[str, Any]]], metrics: dict[str, Any]
+) -> None:
+    """ROC, PR and confusion-matrix PNGs (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    roc = pd.DataFrame(series["roc"])
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(roc["fpr"], roc["tpr"], label=f"AUC {metrics['roc_auc']:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="False positive rate", ylabel="True positive rate", title=f"ROC: {name}")
+    ax.legend(loc="lower right")
+    _save(fig, plots_dir / "roc.png")
+
+    prc = pd.DataFrame(series["prc"])
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(prc["recall"], prc["precision"], label=f"AP {metrics['pr_auc']:.3f}")
+    ax.axhline(
+        metrics["prevalence"], ls="--", color="grey", lw=1, label=f"prevalence {metrics['prevalence']:.3f}"
+    )
+    ax.set(xlabel="Recall", ylabel="Precision", title=f"Precision-recall: {name}", ylim=(0, 1.02))
+    ax.legend(loc="upper right")
+    _save(fig, plots_dir / "prc.png")
+
+    cm = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set_xticks([0, 1], ["not melanoma", "melanoma"])
+    ax.set_yticks([0, 1], ["not melanoma", "melanoma"])
+    ax.set(xlabel="Predicted", ylabel="Actual", title=f"Confusion @ {metrics['threshold']:.3f}")
+    _save(fig, plots_dir / "confusion.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def evaluate_model(
+    name: str,
+    model_dir: Path,
+    prepared_dir: Path,
+    splits_dir: Path,
+    metrics_path: Path,
+    plots_dir: Path,
+    params: EvaluateParams,
+    seed: int,
+) -> dict[str, Any]:
+    """Score the test split; write metrics JSON and plot data; log to the training run in MLflow."""
+    info = read_model_json(model_dir)
+    model = load_model(model_dir)
+    images, _ = load_prepared(prepared_dir)
+    test = load_splits(splits_dir)["test"]
+    x, y = split_arrays(images, test)
+    prob = model.predict_proba(x).astype(np.float64)
+    groups = test["group"].astype(str).to_numpy() if "group" in test else test["isic_id"].to_numpy()
+    threshold = float(info["threshold"])
+    metrics = test_metrics(y, prob, groups, threshold, params, seed)
+    series = plot_data(y, prob, threshold, params.calibration_bins)
+    subgroups = subgroup_metrics(test, y, prob, threshold)
+    result = _clean({"model": name, "test": metrics, "val": info.get("val", {})})
+
+    with atomic.atomic_dir(plots_dir) as tmp:
+        for key, rows in series.items():
+            atomic.write_json(tmp / f"{key}.json", _clean(rows))
+        atomic.write_json(tmp / "subgroups.json", _clean(subgroups))
+        pd.DataFrame({"isic_id": test["isic_id"], "label": y, "prob": prob}).to_csv(
+            tmp / "predictions.csv", index=False
+        )
+        save_figures(tmp, name, series, metrics)
+    atomic.write_json(metrics_path, result)
+    log.info(
+        "evaluate@%s: test ROC AUC %.4f [%.4f, %.4f], sensitivity %.3f, specificity %.3f",
+        name,
+        metrics["roc_auc"],
+        metrics["roc_auc_ci_low"],
+        metrics["roc_auc_ci_high"],
+        metrics["sensitivity"],
+        metrics["specificity"],
+    )
+    _log_to_mlflow(info, metrics, plots_dir)
+    return result
+
+
+def _log_to_mlflow(info: dict[str, Any], metrics: dict[str, Any], plots_dir: Path) -> None:
+    """Add test metrics and plots to the model's training run."""
+    import mlflow
+
+    run = info.get("mlflow", {})
+    if not run.get("run_id"):
+        log.warning("model.json has no MLflow run id; test metrics were not logged to MLflow")
+        return
+    mlflow.set_tracking_uri(run["tracking_uri"])
+    with mlflow.start_run(run_id=run["run_id"]):
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
+        mlflow.log_artifacts(str(plots_dir), artifact_path="evaluation")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float | np.number) and math.isfinite(float(v))

@@ -1,0 +1,138 @@
+"""Pure metric functions: operating points, calibration and grouped bootstrap intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def choose_threshold(y_true: np.ndarray, prob: np.ndarray, target_sensitivity: float | None = None) -> float:
+    """Operating point fixed on validation data.
+
+    ``target_sensitivity`` None: the threshold maximising Youden's J (sensitivity + specificity - 1);
+    otherwise the highest threshold whose sensitivity reaches the target (best specificity there).
+    """
+    fpr, tpr, thr = roc_curve(y_true, prob)
+    thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
+    if target_sensitivity is None:
+        best = int(np.argmax(tpr - fpr))
+    else:
+        reach = np.flatnonzero(tpr >= target_sensitivity)
+        best = int(reach[0])
+    return float(thr[best])
+
+
+def confusion_at(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, int]:
+    """tp/fp/tn/fn with positives predicted at prob >= threshold."""
+    pred = prob >= threshold
+    y = y_true.astype(bool)
+    return {
+        "tp": int(np.sum(pred & y)),
+        "fp": int(np.sum(pred & ~y)),
+        "tn": int(np.sum(~pred & ~y)),
+        "fn": int(np.sum(~pred & y)),
+    }
+
+
+def rates(cm: dict[str, int]) -> dict[str, float]:
+    """Sensitivity, specificity, PPV, NPV, balanced accuracy and accuracy from a confusion dict."""
+
+    def div(a: int, b: int) -> float:
+        return float(a / b) if b else float("nan")
+
+    sens = div(cm["tp"], cm["tp"] + cm["fn"])
+    spec = div(cm["tn"], cm["tn"] + cm["fp"])
+    return {
+        "sensitivity": sens,
+        "specificity": spec,
+        "ppv": div(cm["tp"], cm["tp"] + cm["fp"]),
+        "npv": div(cm["tn"], cm["tn"] + cm["fn"]),
+        "balanced_accuracy": (sens + spec) / 2,
+        "accuracy": div(cm["tp"] + cm["tn"], sum(cm.values())),
+    }
+
+
+def spec_at_sens(y_true: np.ndarray, prob: np.ndarray, sensitivity: float) -> float:
+    """Best specificity among thresholds reaching at least ``sensitivity``."""
+    fpr, tpr, _ = roc_curve(y_true, prob)
+    ok = tpr >= sensitivity
+    return float(1 - fpr[ok].min()) if ok.any() else float("nan")
+
+
+def sens_at_spec(y_true: np.ndarray, prob: np.ndarray, specificity: float) -> float:
+    """Best sensitivity among thresholds keeping at least ``specificity``."""
+    fpr, tpr, _ = roc_curve(y_true, prob)
+    ok = (1 - fpr) >= specificity
+    return float(tpr[ok].max()) if ok.any() else float("nan")
+
+
+def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
+    """ECE over equal-width probability bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(prob[sel].mean() - y_true[sel].mean())
+    return float(ece)
+
+
+def reliability(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Per-bin mean predicted probability vs observed melanoma rate (a reliability diagram)."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            out.append(
+                {
+                    "bin": b,
+                    "predicted": float(prob[sel].mean()),
+                    "observed": float(y_true[sel].mean()),
+                    "n": int(sel.sum()),
+                }
+            )
+    return out
+
+
+def safe_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """ROC AUC, or NaN when only one class is present."""
+    return float(roc_auc_score(y_true, prob)) if len(np.unique(y_true)) == 2 else float("nan")
+
+
+def safe_ap(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Average precision (PR AUC), or NaN without positives."""
+    return float(average_precision_score(y_true, prob)) if y_true.any() else float("nan")
+
+
+def grouped_bootstrap_ci(
+    y_true: np.ndarray,
+    prob: np.ndarray,
+    groups: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int,
+    ci: float,
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile CI of ``metric`` resampling whole groups (patients), so correlated images of
+    one patient do not make the interval look narrower than it is."""
+    if n_boot <= 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    values = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([members[g] for g in pick])
+        value = metric(y_true[idx], prob[idx])
+        if not np.isnan(value):
+            values.append(value)
+    if not values:
+        return (float("nan"), float("nan"))
+    alpha = (1 - ci) / 2
+    return (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)))

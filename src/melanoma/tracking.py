@@ -1,0 +1,84 @@
+"""MLflow setup: tracking URI, experiment, run tags, and data hashes for lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where and how to log: resolved by the CLI from params and the environment."""
+
+    uri: str
+    experiment: str
+    artifact_location: str | None = None  # only used when the experiment is created
+    git_commit: str | None = None
+    dvc_exp_name: str | None = None
+
+
+def default_tracking_uri(repo_root: Path) -> str:
+    """A sqlite file at the repository root, as an absolute path so that
+    ``dvc exp run --temp`` (which runs in a copy of the repo) still logs to it."""
+    return f"sqlite:///{(Path(repo_root) / 'mlflow.db').resolve()}"
+
+
+def default_artifact_location(repo_root: Path) -> str:
+    """Absolute artifact folder next to the default sqlite store."""
+    return (Path(repo_root) / "mlartifacts").resolve().as_uri()
+
+
+def git_commit(repo_root: Path) -> str | None:
+    """The current commit of ``repo_root``, or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def set_experiment(tracking: Tracking) -> str:
+    """Point MLflow at the tracking URI and return the experiment id (created if needed)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        exp_id = client.create_experiment(tracking.experiment, artifact_location=tracking.artifact_location)
+        log.info("created MLflow experiment %r (%s) at %s", tracking.experiment, exp_id, tracking.uri)
+        return exp_id
+    return exp.experiment_id
+
+
+def run_tags(tracking: Tracking, stage: str, data_hashes: dict[str, str]) -> dict[str, str]:
+    """Tags every run carries: stage, git commit, DVC experiment, data hashes."""
+    tags = {"stage": stage, "pipeline": "melanoma"}
+    if tracking.git_commit:
+        tags["mlflow.source.git.commit"] = tracking.git_commit
+        tags["git_commit"] = tracking.git_commit
+    if tracking.dvc_exp_name:
+        tags["dvc_exp_name"] = tracking.dvc_exp_name
+    tags.update({f"data.{k}": v for k, v in data_hashes.items()})
+    return tags
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,155 @@
+"""Train one model: data -> fit -> threshold on validation -> save -> log to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma import atomic
+from melanoma.config import Params, flatten
+from melanoma.errors import DataError
+from melanoma.metrics import choose_threshold, confusion_at, rates, safe_ap, safe_auc
+from melanoma.models import MODEL_JSON, ImageClassifier
+from melanoma.prepare import ARRAY_FILE, load_prepared
+from melanoma.tracking import Tracking, file_sha256, run_tags, set_experiment
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def load_splits(splits_dir: Path) -> dict[str, pd.DataFrame]:
+    """Read train/val/test CSVs written by the split stage."""
+    frames = {}
+    for name in SPLITS:
+        path = Path(splits_dir) / f"{name}.csv"
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run the split stage first")
+        frames[name] = pd.read_csv(path, dtype={"isic_id": str}, keep_default_na=False)
+    return frames
+
+
+def split_arrays(images: np.ndarray, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Images (loaded into memory, in split order) and labels of one split."""
+    return np.asarray(images[frame["row"].to_numpy()]), frame["label"].to_numpy().astype(np.int64)
+
+
+def data_hashes(prepared_dir: Path, splits_dir: Path) -> dict[str, str]:
+    """Content hashes of the inputs: the lineage tags of a run and of model.json."""
+    out = {"images_sha256": file_sha256(Path(prepared_dir) / ARRAY_FILE)}
+    for name in SPLITS:
+        out[f"{name}_csv_sha256"] = file_sha256(Path(splits_dir) / f"{name}.csv")
+    return out
+
+
+def fit_model(
+    name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, params: Params
+) -> tuple[ImageClassifier, dict[str, Any]]:
+    """Dispatch to the model family; return the model and family-specific info to record."""
+    size, fit = params.prepare.image_size, params.prepare.fit
+    if name == "baseline":
+        from melanoma.models.baseline import fit_baseline
+
+        model, scores = fit_baseline(
+            x_train, y_train, x_val, y_val, params.baseline, params.base.seed, size, fit
+        )
+        return model, {"candidate": model.candidate, "candidate_val_auc": scores}
+    raise DataError(f"unknown model {name!r}; this version trains: baseline")
+
+
+def train_model(
+    name: str,
+    prepared_dir: Path,
+    splits_dir: Path,
+    out_dir: Path,
+    params: Params,
+    tracking: Tracking,
+) -> dict[str, Any]:
+    """Train ``name`` on the prepared data and splits; write ``out_dir``; log one MLflow run.
+
+    Returns the content of ``model.json``.
+    """
+    import mlflow
+
+    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
+
+    start = time.perf_counter()
+    images, _ = load_prepared(prepared_dir)
+    frames = load_splits(splits_dir)
+    x_train, y_train = split_arrays(images, frames["train"])
+    x_val, y_val = split_arrays(images, frames["val"])
+    for split, y in (("train", y_train), ("val", y_val)):
+        if len(np.unique(y)) < 2:
+            raise DataError(f"the {split} split has only one class; re-run split with more data")
+    hashes = data_hashes(prepared_dir, splits_dir)
+
+    log.info("train@%s: %d train / %d val images", name, len(y_train), len(y_val))
+    model, family_info = fit_model(name, x_train, y_train, x_val, y_val, params)
+    p_val = model.predict_proba(x_val)
+    threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
+    cm = confusion_at(y_val, p_val, threshold)
+    val_metrics = {"val_roc_auc": safe_auc(y_val, p_val), "val_pr_auc": safe_ap(y_val, p_val)}
+    val_metrics.update({f"val_{k}": v for k, v in rates(cm).items()})
+    seconds = time.perf_counter() - start
+    info: dict[str, Any] = {
+        "name": name,
+        "family": getattr(model, "family", name),
+        "image_size": model.image_size,
+        "fit": model.fit,
+        "threshold": threshold,
+        "threshold_rule": "youden"
+        if params.train.target_sensitivity is None
+        else f"sensitivity>={params.train.target_sensitivity}",
+        "val": val_metrics,
+        "train_seconds": round(seconds, 2),
+        "n_train": int(len(y_train)),
+        "n_val": int(len(y_val)),
+        "data": hashes,
+        **family_info,
+    }
+    log.info("train@%s: val AUC %.4f, threshold %.4f", name, val_metrics["val_roc_auc"], threshold)
+
+    experiment_id = set_experiment(tracking)
+    with atomic.atomic_dir(out_dir) as tmp:
+        model.save(tmp)
+        atomic.write_json(tmp / MODEL_JSON, info)
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"{tracking.dvc_exp_name}:{name}" if tracking.dvc_exp_name else f"train@{name}",
+            tags=run_tags(tracking, f"train@{name}", hashes),
+        ) as run:
+            logged = {
+                **flatten(params.base, "base."),
+                **flatten(params.prepare, "prepare."),
+                **flatten(params.split, "split."),
+            }
+            logged.update(flatten(params.train, "train."))
+            section = getattr(params, name, None)
+            if section is not None:
+                logged.update(flatten(section, f"{name}."))
+            mlflow.log_params(logged)
+            mlflow.log_metrics({k: v for k, v in val_metrics.items() if np.isfinite(v)})
+            mlflow.log_metric("threshold", threshold)
+            for cand, auc in family_info.get("candidate_val_auc", {}).items():
+                mlflow.log_metric(f"val_roc_auc.{cand}", auc)
+            mlflow.set_tag("model_family", info["family"])
+            example = np.asarray(x_val[:1])
+            model_info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=MelanomaPyfunc(),
+                artifacts={MODEL_DIR_ARTIFACT: str(tmp)},
+                signature=image_signature(),
+                input_example=example,
+            )
+            info["mlflow"] = {
+                "run_id": run.info.run_id,
+                "experiment_id": experiment_id,
+                "model_uri": model_info.model_uri,
+                "tracking_uri": tracking.uri,
+            }
+        atomic.write_json(tmp / MODEL_JSON, info)
+    return info

@@ -1,0 +1,100 @@
+"""prepare: cleaning (unlabeled, corrupt, duplicate, missing) and the compact output."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import LICENSES, make_raw
+from melanoma.config import PrepareParams
+from melanoma.errors import DataError
+from melanoma.ingest.layout import write_raw_metadata
+from melanoma.prepare import load_prepared, prepare
+
+PARAMS = PrepareParams(image_size=32, workers=2)
+
+
+def test_clean_input_gives_array_and_index(raw_dir: Path, tmp_path: Path) -> None:
+    report = prepare(raw_dir, tmp_path / "prep", PARAMS)
+    images, index = load_prepared(tmp_path / "prep")
+    assert images.shape == (40, 32, 32, 3) and images.dtype == np.uint8
+    assert list(index["row"]) == list(range(40))
+    assert index["label"].sum() == 10 and report["n_melanoma"] == 10
+    assert {"patient_id", "lesion_id", "sex", "age_approx", "site", "sha1"} <= set(index.columns)
+    assert index.loc[0, "site"] == "Trunk"
+    on_disk = json.loads((tmp_path / "prep" / "prepare_report.json").read_text())
+    assert on_disk["n_kept"] == 40 and on_disk["n_corrupt"] == 0
+
+
+def test_bad_rows_are_dropped_counted_and_never_crash(raw_dir: Path, tmp_path: Path) -> None:
+    records = pd.read_csv(raw_dir / "metadata.csv", dtype=str, keep_default_na=False).to_dict("records")
+    img = raw_dir / "images"
+    # corrupt: truncated and garbage
+    data = (img / "ISIC_0000001.jpg").read_bytes()
+    (img / "ISIC_0000001.jpg").write_bytes(data[: len(data) // 2])
+    (img / "ISIC_0000002.jpg").write_bytes(b"garbage")
+    # duplicate file under another id
+    shutil.copy(img / "ISIC_0000005.jpg", img / "ISIC_0000006.jpg")
+    # missing image file
+    (img / "ISIC_0000007.jpg").unlink()
+    # unlabeled rows: Indeterminate and no diagnosis at all
+    records[9]["diagnosis_1"] = "Indeterminate"
+    for k in ("diagnosis_1", "diagnosis_2", "diagnosis_3"):
+        records[10][k] = ""
+    write_raw_metadata(raw_dir, records, LICENSES, {"source": "test"})
+
+    report = prepare(raw_dir, tmp_path / "prep", PARAMS)
+    assert report["n_corrupt"] == 2
+    assert {c["isic_id"] for c in report["corrupt"]} == {"ISIC_0000001", "ISIC_0000002"}
+    assert report["duplicates"] == [{"isic_id": "ISIC_0000006", "duplicate_of": "ISIC_0000005"}]
+    assert report["missing_image"] == ["ISIC_0000007"]
+    assert set(report["unlabeled"]) == {"ISIC_0000009", "ISIC_0000010"}
+    assert report["n_kept"] == 40 - 2 - 1 - 1 - 2
+    _, index = load_prepared(tmp_path / "prep")
+    assert not {"ISIC_0000001", "ISIC_0000006", "ISIC_0000007", "ISIC_0000009"} & set(index["isic_id"])
+
+
+def test_png_and_odd_extensions_are_read(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    make_raw(raw, n=8, pos_every=2)
+    from PIL import Image
+
+    src = raw / "images" / "ISIC_0000003.jpg"
+    Image.open(src).convert("RGBA").save(raw / "images" / "ISIC_0000003.png")
+    src.unlink()
+    report = prepare(raw, tmp_path / "prep", PARAMS)
+    assert report["n_kept"] == 8
+
+
+def test_empty_class_is_a_clear_error(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    make_raw(raw, n=6, pos_every=100)  # only image 0 is melanoma
+    (raw / "images" / "ISIC_0000000.jpg").write_bytes(b"broken")
+    with pytest.raises(DataError, match="melanoma class is empty"):
+        prepare(raw, tmp_path / "prep", PARAMS)
+    assert not (tmp_path / "prep").exists()  # nothing half-written
+
+
+def test_missing_inputs_are_clear_errors(tmp_path: Path, raw_dir: Path) -> None:
+    with pytest.raises(DataError, match="metadata.csv: missing"):
+        prepare(tmp_path / "nowhere", tmp_path / "prep", PARAMS)
+    (raw_dir / "metadata.csv").write_text("name,diagnosis\nx,melanoma\n")
+    with pytest.raises(DataError, match="required column 'isic_id'"):
+        prepare(raw_dir, tmp_path / "prep", PARAMS)
+    (raw_dir / "metadata.csv").write_text("isic_id,sex\nISIC_0000000,male\n")
+    with pytest.raises(DataError, match="diagnosis"):
+        prepare(raw_dir, tmp_path / "prep", PARAMS)
+    shutil.rmtree(raw_dir / "images")
+    (raw_dir / "metadata.csv").write_text("isic_id,diagnosis\nISIC_0000000,melanoma\n")
+    with pytest.raises(DataError, match="image folder is missing"):
+        prepare(raw_dir, tmp_path / "prep", PARAMS)
+
+
+def test_output_is_deterministic_across_worker_counts(raw_dir: Path, tmp_path: Path) -> None:
+    prepare(raw_dir, tmp_path / "a", PrepareParams(image_size=24, workers=1))
+    prepare(raw_dir, tmp_path / "b", PrepareParams(image_size=24, workers=2))
+    assert (tmp_path / "a" / "images.npy").read_bytes() == (tmp_path / "b" / "images.npy").read_bytes()
+    assert (tmp_path / "a" / "index.csv").read_text() == (tmp_path / "b" / "index.csv").read_text()
