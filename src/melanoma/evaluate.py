@@ -123,14 +123,15 @@ def plot_data(
     return {
         "roc": [
             {"fpr": float(a), "tpr": float(b), "threshold": float(min(c, 1.0))}
-            for a, b, c in zip(fpr, tpr, thr)
+            for a, b, c in zip(fpr, tpr, thr, strict=True)
         ],
         "prc": [
             {"recall": float(r), "precision": float(p), "threshold": float(t)}
-            for r, p, t in zip(recall[:-1], precision[:-1], pthr)
+            for r, p, t in zip(recall[:-1], precision[:-1], pthr, strict=True)
         ],
         "confusion": [
-            {"actual": CLASS_NAMES[int(a)], "predicted": CLASS_NAMES[int(b)]} for a, b in zip(y, pred)
+            {"actual": CLASS_NAMES[int(a)], "predicted": CLASS_NAMES[int(b)]}
+            for a, b in zip(y, pred, strict=True)
         ],
         "calibration": reliability(y, prob, bins),
     }

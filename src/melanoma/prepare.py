@@ -179,7 +179,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
         index["diagnosis"] = kept["diagnosis"]
         index["label_source"] = kept["label_source"]
         for col in CARRIED:
-            index[col] = kept[col] if col in kept else ""
+            index[col] = kept.get(col, "")
         index["site"] = kept.apply(_site, axis=1) if len(kept) else ""
         for col, values in extra.items():
             index[col] = values
