@@ -37,7 +37,7 @@ def test_empty_file_gives_defaults() -> None:
         ({"train": {"target_sensitivity": "high"}}, "'train.target_sensitivity' must be float or null"),
         ({"base": {"seed": True}}, "'base.seed' must be int, got bool"),
         ({"ingest": {"synthetic": {"min_width": 900, "max_width": 800}}}, "max_width"),
-        ({"ingest": {"source": "isic"}}, "'ingest.source' must be one of 'synthetic'"),
+        ({"ingest": {"source": "web"}}, "'ingest.source' must be one of 'synthetic', 'isic'"),
         ({"prepare": 3}, "'prepare' must be a mapping"),
     ],
 )

@@ -52,13 +52,45 @@ def _tracking(params: Params, repo_root: Path):  # noqa: ANN202 - avoids importi
 
 def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
     from melanoma import atomic
-    from melanoma.ingest.synthetic import generate_synthetic
+    from melanoma.errors import IncompleteError
 
-    source = params.ingest.source
-    if source == "synthetic":
+    ing = params.ingest
+    if ing.source == "synthetic":
+        from melanoma.ingest.synthetic import generate_synthetic
+
         with atomic.atomic_dir(args.out) as tmp:
-            report = generate_synthetic(tmp, params.ingest.synthetic, params.base.seed, params.ingest.workers)
-        log.info("ingest: wrote %d synthetic images to %s", report.get("n_images", 0), args.out)
+            report = generate_synthetic(tmp, ing.synthetic, params.base.seed, ing.workers)
+    elif ing.source == "isic":
+        from melanoma.ingest.isic import download_isic
+
+        # Downloads in place (each file atomically), so a killed run resumes where it stopped.
+        report = download_isic(args.out, ing.isic)
+    elif ing.source == "folder":
+        from melanoma.ingest.importers import import_folder
+
+        with atomic.atomic_dir(args.out) as tmp:
+            report = import_folder(tmp, ing.folder, params.base.seed)
+    else:
+        from melanoma.ingest.importers import import_challenge
+
+        with atomic.atomic_dir(args.out) as tmp:
+            report = import_challenge(tmp, ing.challenge)
+    failures = report.get("failures", [])
+    log.info(
+        "ingest (%s): %s images in %s, %d failed",
+        ing.source,
+        report.get("n_images", "?"),
+        args.out,
+        len(failures),
+    )
+    if failures:
+        for f in failures[:10]:
+            log.error("ingest failure: %s", f)
+        if not ing.allow_partial:
+            raise IncompleteError(
+                f"ingest: {len(failures)} item(s) failed (listed in {args.out}/ingest_report.json); "
+                "rerun to retry them, or set ingest.allow_partial: true to continue without them"
+            )
 
 
 def cmd_prepare(params: Params, args: argparse.Namespace) -> None:

@@ -47,12 +47,54 @@ class SyntheticParams:
 
 
 @dataclass(frozen=True)
+class IsicParams:
+    """The ISIC Archive API v2 (``ingest.source: isic``); see shared reference isic_api.md."""
+
+    base_url: str = "https://api.isic-archive.com/api/v2/"
+    query: str = ""  # ISIC search syntax, e.g. 'diagnosis_3:"Melanoma Invasive"'; empty = everything
+    collections: tuple[int, ...] = ()
+    limit: int = 0  # 0 = all matching images
+    concurrency: int = 16
+    allowed_hosts: tuple[str, ...] = ("api.isic-archive.com", "isic-archive.s3.amazonaws.com")
+    retries: int = 8
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+    connect_timeout: float = 3.05
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class FolderParams:
+    """A local folder (``ingest.source: folder``): class subfolders, or images plus a metadata CSV."""
+
+    path: str = ""
+    metadata_csv: str = ""  # optional: a CSV with an image-name column and label columns
+
+
+@dataclass(frozen=True)
+class ChallengeParams:
+    """ISIC challenge ground truth (``ingest.source: challenge``): 2016-2020 and HAM10000 formats."""
+
+    format: Literal["auto", "2016", "2017", "2018", "2019", "2020", "ham10000"] = "auto"
+    ground_truth: str = ""  # path to the ground-truth CSV (or where a download puts it)
+    images: str = ""  # folder of the challenge images
+    metadata_csv: str = ""  # optional extra metadata CSV (e.g. 2019/2020 patient, age, sex, site)
+    download: bool = False  # fetch from the public ISIC bucket first (needs the internet)
+    bucket_url: str = "https://isic-archive.s3.amazonaws.com"
+    prefix: str = ""  # e.g. challenges/2020/
+
+
+@dataclass(frozen=True)
 class IngestParams:
     """Where the raw images come from."""
 
-    source: Literal["synthetic"] = "synthetic"  # isic, folder, challenge: see issue #3
+    source: Literal["synthetic", "isic", "folder", "challenge"] = "synthetic"
     workers: int = 0  # 0 = all cores
+    allow_partial: bool = False  # exit 0 even when some images failed (they are listed in the report)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    isic: IsicParams = field(default_factory=IsicParams)
+    folder: FolderParams = field(default_factory=FolderParams)
+    challenge: ChallengeParams = field(default_factory=ChallengeParams)
 
 
 @dataclass(frozen=True)
@@ -138,6 +180,13 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "ingest.synthetic.max_lesions_per_patient": (lambda v: v >= 1, "at least 1"),
     "ingest.synthetic.jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),
     "ingest.workers": (lambda v: v >= 0, "at least 0 (0 = all cores)"),
+    "ingest.isic.limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
+    "ingest.isic.concurrency": (lambda v: 1 <= v <= 128, "between 1 and 128"),
+    "ingest.isic.retries": (lambda v: v >= 0, "at least 0"),
+    "ingest.isic.backoff_seconds": (lambda v: v >= 0, "at least 0"),
+    "ingest.isic.connect_timeout": (lambda v: v > 0, "greater than 0"),
+    "ingest.isic.read_timeout": (lambda v: v > 0, "greater than 0"),
+    "ingest.isic.base_url": (lambda v: v.startswith(("https://", "http://")), "an http(s) URL"),
     "prepare.image_size": (lambda v: 8 <= v <= 1024, "between 8 and 1024"),
     "prepare.workers": (lambda v: v >= 0, "at least 0 (0 = all cores)"),
     "split.test_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
