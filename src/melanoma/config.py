@@ -118,10 +118,62 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    """Training-time augmentation in the tf.data pipeline (lesions have no canonical orientation)."""
+
+    flip: bool = True
+    rotate90: bool = True
+    zoom: float = 0.1  # random crop of up to this fraction, resized back
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+
+
+@dataclass(frozen=True)
 class TrainParams:
-    """Settings shared by every trainer."""
+    """Settings shared by every trainer (the deep models' loop, the operating point, scaling)."""
 
     target_sensitivity: float | None = None  # None: threshold at Youden's J on validation
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    early_stopping_patience: int = 6
+    class_balance: Literal["class_weight", "oversample", "none"] = "class_weight"
+    shuffle_buffer: int = 4096
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    devices: tuple[str, ...] = ()  # mirrored: explicit devices (e.g. /cpu:0, /cpu:1); empty = all GPUs
+
+
+@dataclass(frozen=True)
+class CnnParams:
+    """The compact CNN for 100x100 input."""
+
+    filters: tuple[int, ...] = (32, 64, 128)
+    convs_per_block: int = 2
+    dense: int = 128
+    dropout: float = 0.3
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class TransferParams:
+    """Transfer learning on a Keras backbone: a head on frozen features, then optional fine-tuning."""
+
+    backbone: Literal["vgg16", "mobilenet_v2", "efficientnet_b0"] = "vgg16"
+    weights: str = (
+        "imagenet"  # imagenet (Keras cache, or download if allowed) | a local weights file | random
+    )
+    download_weights: bool = False  # offline by default: only the Keras cache is used
+    input_size: int = 0  # 0 = the prepared image size
+    head_units: int = 256
+    dropout: float = 0.4
+    head_epochs: int = 40
+    head_learning_rate: float = 1e-3
+    fine_tune_layers: int = 0  # top backbone layers unfrozen in phase 2; 0 = no fine-tuning
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -164,6 +216,8 @@ class Params:
     split: SplitParams = field(default_factory=SplitParams)
     train: TrainParams = field(default_factory=TrainParams)
     baseline: BaselineParams = field(default_factory=BaselineParams)
+    cnn: CnnParams = field(default_factory=CnnParams)
+    transfer: TransferParams = field(default_factory=TransferParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
@@ -193,6 +247,29 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "split.val_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
     "split.group_by": (lambda v: len(set(v)) == len(v), "a list without repeats"),
     "train.target_sensitivity": (lambda v: v is None or 0 < v < 1, "null or between 0 and 1"),
+    "train.epochs": (lambda v: v >= 1, "at least 1"),
+    "train.batch_size": (lambda v: v >= 1, "at least 1"),
+    "train.learning_rate": (lambda v: v > 0, "greater than 0"),
+    "train.early_stopping_patience": (lambda v: v >= 1, "at least 1"),
+    "train.shuffle_buffer": (lambda v: v >= 1, "at least 1"),
+    "train.augment.zoom": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "train.augment.brightness": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.augment.contrast": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.augment.saturation": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "cnn.filters": (lambda v: len(v) >= 1 and all(f >= 1 for f in v), "a non-empty list of positive ints"),
+    "cnn.convs_per_block": (lambda v: v >= 1, "at least 1"),
+    "cnn.dense": (lambda v: v >= 1, "at least 1"),
+    "cnn.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "cnn.weight_decay": (lambda v: v >= 0, "at least 0"),
+    "transfer.weights": (lambda v: v != "", "imagenet, random or a weights file path"),
+    "transfer.input_size": (lambda v: v == 0 or v >= 32, "0 (prepared size) or at least 32"),
+    "transfer.head_units": (lambda v: v >= 1, "at least 1"),
+    "transfer.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "transfer.head_epochs": (lambda v: v >= 1, "at least 1"),
+    "transfer.head_learning_rate": (lambda v: v > 0, "greater than 0"),
+    "transfer.fine_tune_layers": (lambda v: v >= 0, "at least 0"),
+    "transfer.fine_tune_epochs": (lambda v: v >= 0, "at least 0"),
+    "transfer.fine_tune_learning_rate": (lambda v: v > 0, "greater than 0"),
     "baseline.candidates": (lambda v: len(v) >= 1, "a non-empty list"),
     "baseline.n_estimators": (lambda v: v >= 1, "at least 1"),
     "baseline.max_depth": (lambda v: v >= 1, "at least 1"),

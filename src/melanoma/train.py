@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from melanoma.tracking import Tracking, file_sha256, run_tags, set_experiment
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+HISTORY_JSON = "history.json"
 
 
 def load_splits(splits_dir: Path) -> dict[str, pd.DataFrame]:
@@ -47,18 +50,58 @@ def data_hashes(prepared_dir: Path, splits_dir: Path) -> dict[str, str]:
 
 
 def fit_model(
-    name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, params: Params
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: Params,
+    *,
+    strategy: Any = None,
+    on_epoch: Callable[[dict[str, float], int], None] | None = None,
+    keras_home: Path | None = None,
 ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Dispatch to the model family; return the model and family-specific info to record."""
-    size, fit = params.prepare.image_size, params.prepare.fit
+    size, fit, seed = params.prepare.image_size, params.prepare.fit, params.base.seed
     if name == "baseline":
         from melanoma.models.baseline import fit_baseline
 
-        model, scores = fit_baseline(
-            x_train, y_train, x_val, y_val, params.baseline, params.base.seed, size, fit
-        )
+        model, scores = fit_baseline(x_train, y_train, x_val, y_val, params.baseline, seed, size, fit)
         return model, {"candidate": model.candidate, "candidate_val_auc": scores}
-    raise DataError(f"unknown model {name!r}; this version trains: baseline")
+    if name == "cnn":
+        from melanoma.models.cnn import fit_cnn
+
+        return fit_cnn(
+            x_train, y_train, x_val, y_val, params.cnn, params.train,
+            image_size=size, fit=fit, seed=seed, strategy=strategy, on_epoch=on_epoch,
+        )  # fmt: skip
+    if name == "transfer":
+        from melanoma.models.transfer import fit_transfer
+
+        return fit_transfer(
+            x_train, y_train, x_val, y_val, params.transfer, params.train,
+            image_size=size, fit=fit, seed=seed, keras_home=keras_home or Path.home() / ".keras",
+            strategy=strategy, on_epoch=on_epoch,
+        )  # fmt: skip
+    raise DataError(f"unknown model {name!r}; expected one of baseline, cnn, transfer")
+
+
+def logged_params(name: str, params: Params) -> dict[str, Any]:
+    """The params a run of ``name`` depends on, flattened with dotted keys."""
+    out = {
+        **flatten(params.base, "base."),
+        **flatten(params.prepare, "prepare."),
+        **flatten(params.split, "split."),
+    }
+    out.update(
+        flatten(params.train, "train.")
+        if name != "baseline"
+        else {"train.target_sensitivity": params.train.target_sensitivity}
+    )
+    section = getattr(params, name, None)
+    if section is not None:
+        out.update(flatten(section, f"{name}."))
+    return out
 
 
 def train_model(
@@ -68,16 +111,23 @@ def train_model(
     out_dir: Path,
     params: Params,
     tracking: Tracking,
+    keras_home: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``name`` on the prepared data and splits; write ``out_dir``; log one MLflow run.
 
+    Under a multi-worker strategy every worker trains, but only the chief logs to MLflow.
     Returns the content of ``model.json``.
     """
     import mlflow
 
-    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
-
     start = time.perf_counter()
+    strategy = None
+    if name != "baseline":
+        from melanoma.models.keras_model import is_chief, make_strategy
+
+        strategy = make_strategy(params.train.strategy, params.train.devices)  # before other TF ops
+    chief = strategy is None or is_chief(strategy)
+
     images, _ = load_prepared(prepared_dir)
     frames = load_splits(splits_dir)
     x_train, y_train = split_arrays(images, frames["train"])
@@ -86,70 +136,105 @@ def train_model(
         if len(np.unique(y)) < 2:
             raise DataError(f"the {split} split has only one class; re-run split with more data")
     hashes = data_hashes(prepared_dir, splits_dir)
-
     log.info("train@%s: %d train / %d val images", name, len(y_train), len(y_val))
-    model, family_info = fit_model(name, x_train, y_train, x_val, y_val, params)
-    p_val = model.predict_proba(x_val)
-    threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
-    cm = confusion_at(y_val, p_val, threshold)
-    val_metrics = {"val_roc_auc": safe_auc(y_val, p_val), "val_pr_auc": safe_ap(y_val, p_val)}
-    val_metrics.update({f"val_{k}": v for k, v in rates(cm).items()})
-    seconds = time.perf_counter() - start
-    info: dict[str, Any] = {
-        "name": name,
-        "family": getattr(model, "family", name),
-        "image_size": model.image_size,
-        "fit": model.fit,
-        "threshold": threshold,
-        "threshold_rule": "youden"
-        if params.train.target_sensitivity is None
-        else f"sensitivity>={params.train.target_sensitivity}",
-        "val": val_metrics,
-        "train_seconds": round(seconds, 2),
-        "n_train": int(len(y_train)),
-        "n_val": int(len(y_val)),
-        "data": hashes,
-        **family_info,
-    }
-    log.info("train@%s: val AUC %.4f, threshold %.4f", name, val_metrics["val_roc_auc"], threshold)
 
-    experiment_id = set_experiment(tracking)
-    with atomic.atomic_dir(out_dir) as tmp:
-        model.save(tmp)
-        atomic.write_json(tmp / MODEL_JSON, info)
-        with mlflow.start_run(
+    run_ctx: Any = contextlib.nullcontext()
+    if chief:
+        experiment_id = set_experiment(tracking)
+        run_ctx = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=f"{tracking.dvc_exp_name}:{name}" if tracking.dvc_exp_name else f"train@{name}",
             tags=run_tags(tracking, f"train@{name}", hashes),
-        ) as run:
-            logged = {
-                **flatten(params.base, "base."),
-                **flatten(params.prepare, "prepare."),
-                **flatten(params.split, "split."),
-            }
-            logged.update(flatten(params.train, "train."))
-            section = getattr(params, name, None)
-            if section is not None:
-                logged.update(flatten(section, f"{name}."))
-            mlflow.log_params(logged)
-            mlflow.log_metrics({k: v for k, v in val_metrics.items() if np.isfinite(v)})
-            mlflow.log_metric("threshold", threshold)
-            for cand, auc in family_info.get("candidate_val_auc", {}).items():
-                mlflow.log_metric(f"val_roc_auc.{cand}", auc)
-            mlflow.set_tag("model_family", info["family"])
-            example = np.asarray(x_val[:1])
-            model_info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=MelanomaPyfunc(),
-                artifacts={MODEL_DIR_ARTIFACT: str(tmp)},
-                signature=image_signature(),
-                input_example=example,
-            )
-            info["mlflow"] = {
-                "run_id": run.info.run_id,
-                "experiment_id": experiment_id,
-                "model_uri": model_info.model_uri,
-                "tracking_uri": tracking.uri,
-            }
-        atomic.write_json(tmp / MODEL_JSON, info)
+        )
+    with run_ctx as run:
+        if chief:
+            mlflow.log_params(logged_params(name, params))
+            if strategy is not None:
+                mlflow.set_tag("strategy", f"{params.train.strategy} x{strategy.num_replicas_in_sync}")
+        on_epoch = (lambda metrics, step: mlflow.log_metrics(metrics, step=step)) if chief else None
+        model, family_info = fit_model(
+            name,
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            params,
+            strategy=strategy,
+            on_epoch=on_epoch,
+            keras_home=keras_home,
+        )
+        history = family_info.pop("history", None)
+        p_val = model.predict_proba(x_val)
+        threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
+        cm = confusion_at(y_val, p_val, threshold)
+        val_metrics = {"val_roc_auc": safe_auc(y_val, p_val), "val_pr_auc": safe_ap(y_val, p_val)}
+        val_metrics.update({f"val_{k}": v for k, v in rates(cm).items()})
+        info: dict[str, Any] = {
+            "name": name,
+            "family": model.family,
+            "image_size": model.image_size,
+            "fit": model.fit,
+            "threshold": threshold,
+            "threshold_rule": "youden"
+            if params.train.target_sensitivity is None
+            else f"sensitivity>={params.train.target_sensitivity}",
+            "val": val_metrics,
+            "train_seconds": round(time.perf_counter() - start, 2),
+            "n_train": int(len(y_train)),
+            "n_val": int(len(y_val)),
+            "data": hashes,
+            **family_info,
+        }
+        log.info("train@%s: val AUC %.4f, threshold %.4f", name, val_metrics["val_roc_auc"], threshold)
+        with atomic.atomic_dir(out_dir) as tmp:
+            model.save(tmp)
+            if history is not None:
+                atomic.write_json(tmp / HISTORY_JSON, history)
+            atomic.write_json(tmp / MODEL_JSON, info)
+            if chief:
+                info["mlflow"] = _log_run(
+                    run, experiment_id, tracking, model, info, val_metrics, threshold, tmp, x_val
+                )
+                atomic.write_json(tmp / MODEL_JSON, info)
     return info
+
+
+def _log_run(
+    run: Any,
+    experiment_id: str,
+    tracking: Tracking,
+    model: ImageClassifier,
+    info: dict[str, Any],
+    val_metrics: dict[str, float],
+    threshold: float,
+    model_dir: Path,
+    x_val: np.ndarray,
+) -> dict[str, str]:
+    """Log metrics, tags and the model (pyfunc over raw images; plus the Keras flavor)."""
+    import mlflow
+
+    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
+
+    mlflow.log_metrics({k: v for k, v in val_metrics.items() if np.isfinite(v)})
+    mlflow.log_metric("threshold", threshold)
+    for cand, auc in info.get("candidate_val_auc", {}).items():
+        mlflow.log_metric(f"val_roc_auc.{cand}", auc)
+    mlflow.set_tag("model_family", info["family"])
+    if "weights" in info:
+        mlflow.set_tag("weights", info["weights"])  # "random-init" when ImageNet weights were missing
+        mlflow.log_param("transfer.weights_used", info["weights"])
+    if info["family"] == "keras":
+        mlflow.keras.log_model(model.model, name="keras_model")
+    model_info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=MelanomaPyfunc(),
+        artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+        signature=image_signature(),
+        input_example=np.asarray(x_val[:1]),
+    )
+    return {
+        "run_id": run.info.run_id,
+        "experiment_id": experiment_id,
+        "model_uri": model_info.model_uri,
+        "tracking_uri": tracking.uri,
+    }

@@ -1,0 +1,239 @@
+"""Transfer learning on a keras.applications backbone (VGG16 by default, as in the original study).
+
+Phase 1 trains a small head on the frozen backbone's features, computed ONCE and cached, so a
+frozen epoch costs a pass over a feature matrix instead of a backbone forward pass per image.
+Phase 2 (optional) unfreezes the top backbone layers and fine-tunes end to end on images.
+When ImageNet weights cannot be had, it says so, trains from random initialisation and records
+``weights=random-init``: it never pretends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from melanoma.config import TrainParams, TransferParams
+from melanoma.data import class_weights
+from melanoma.errors import DataError
+from melanoma.models.keras_model import EpochLogger, KerasClassifier, compile_for, fit_loop
+from melanoma.models.layers import Preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A keras.applications constructor, its input convention and its ImageNet no-top file pattern."""
+
+    constructor: Callable[..., keras.Model]
+    preprocess: str
+    cache_glob: str
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone(keras.applications.VGG16, "caffe", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "mobilenet_v2": Backbone(
+        keras.applications.MobileNetV2,
+        "tf",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_*_no_top.h5",
+    ),
+    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, "raw", "efficientnetb0_notop.h5"),
+}
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What to pass to keras.applications, and the honest description recorded everywhere."""
+
+    keras_arg: str | None  # "imagenet" or None (random init; a file is loaded afterwards)
+    file: Path | None
+    recorded: str  # "imagenet", "random-init" or "file:<path>"
+    reason: str = ""
+
+
+def resolve_weights(spec: str, backbone: str, keras_home: Path, allow_download: bool) -> WeightsChoice:
+    """Decide where the backbone's weights come from, without touching the network unless allowed."""
+    if spec == "random":
+        return WeightsChoice(None, None, "random-init", "transfer.weights is 'random'")
+    if spec == "imagenet":
+        cached = sorted((Path(keras_home) / "models").glob(BACKBONES[backbone].cache_glob))
+        if cached or allow_download:
+            return WeightsChoice("imagenet", None, "imagenet")
+        return WeightsChoice(
+            None,
+            None,
+            "random-init",
+            f"ImageNet weights for {backbone} are not in the Keras cache ({Path(keras_home) / 'models'}) "
+            "and transfer.download_weights is false",
+        )
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"transfer.weights: weights file {path} not found (use imagenet, random or a file path)"
+        )
+    return WeightsChoice(None, path, f"file:{path}")
+
+
+def build_backbone(name: str, size: int, choice: WeightsChoice) -> tuple[keras.Model, WeightsChoice]:
+    """Construct the backbone (no top, global average pooling) and load its weights."""
+    spec = BACKBONES[name]
+    try:
+        net = spec.constructor(
+            include_top=False, weights=choice.keras_arg, input_shape=(size, size, 3), pooling="avg"
+        )
+    except Exception as exc:  # download refused / cache unreadable: fall back, loudly
+        if choice.keras_arg != "imagenet":
+            raise
+        reason = f"ImageNet weights for {name} could not be loaded ({type(exc).__name__}: {exc})"
+        net = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+        choice = WeightsChoice(None, None, "random-init", reason)
+    if choice.file is not None:
+        try:
+            net.load_weights(str(choice.file))
+        except Exception as exc:
+            raise DataError(
+                f"transfer.weights: cannot load {choice.file} into {name} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            ) from exc
+    if choice.recorded == "random-init":
+        log.warning("transfer: %s; training %s from random initialisation (recorded as weights=random-init)",
+                    choice.reason, name)  # fmt: skip
+    return net, choice
+
+
+def feature_extractor(backbone: keras.Model, preprocess: str, size: int) -> keras.Model:
+    """pixels in [0, 255] -> pooled backbone features, in inference mode (frozen BN statistics)."""
+    inputs = keras.Input((size, size, 3), name="image")
+    feats = backbone(Preprocess(preprocess)(inputs), training=False)
+    return keras.Model(inputs, feats, name="features")
+
+
+def compute_features(extractor: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """One forward pass over ``images``: the cache the frozen phase trains on."""
+    out = []
+    for i in range(0, len(images), batch):
+        x = tf.convert_to_tensor(np.asarray(images[i : i + batch]), dtype=tf.float32)
+        out.append(np.asarray(extractor(x, training=False)))
+    return np.concatenate(out) if out else np.zeros((0, extractor.output_shape[-1]), np.float32)
+
+
+def build_head(f_train: np.ndarray, params: TransferParams) -> keras.Model:
+    """Normalise -> Dropout -> Dense(relu) -> Dropout -> Dense(sigmoid) on pooled features.
+
+    The normalisation is adapted on the training features: backbone feature scales differ by
+    orders of magnitude (and wildly so for a random-init backbone).
+    """
+    inputs = keras.Input((f_train.shape[1],), name="features")
+    norm = keras.layers.Normalization()
+    norm.adapt(f_train)
+    x = keras.layers.Dropout(params.dropout)(norm(inputs))
+    x = keras.layers.Dense(params.head_units, activation="relu")(x)
+    x = keras.layers.Dropout(params.dropout)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="p_melanoma")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def fit_head(
+    head: keras.Model,
+    f_train: np.ndarray,
+    y_train: np.ndarray,
+    f_val: np.ndarray,
+    y_val: np.ndarray,
+    params: TransferParams,
+    train: TrainParams,
+    seed: int,
+    on_epoch: Callable[[dict[str, float], int], None] | None,
+) -> list[dict[str, Any]]:
+    """Phase 1 on cached features: early stopping on val AUC, best epoch restored."""
+    ds = (
+        tf.data.Dataset.from_tensor_slices((f_train, y_train.astype(np.float32)))
+        .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
+        .batch(train.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val = tf.data.Dataset.from_tensor_slices((f_val, y_val.astype(np.float32))).batch(512)
+    steps = -(-len(y_train) // train.batch_size)
+    compile_for(head, params.head_learning_rate, train.lr_schedule, steps * params.head_epochs)
+    logger = EpochLogger("head", on_epoch)
+    head.fit(
+        ds,
+        validation_data=val,
+        epochs=params.head_epochs,
+        class_weight=class_weights(y_train) if train.class_balance != "none" else None,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_auc",
+                mode="max",
+                patience=train.early_stopping_patience,
+                restore_best_weights=True,
+            ),
+            logger,
+        ],
+        verbose=0,
+    )
+    return logger.rows
+
+
+def fit_transfer(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: TransferParams,
+    train: TrainParams,
+    *,
+    image_size: int,
+    fit: str,
+    seed: int,
+    keras_home: Path,
+    strategy: tf.distribute.Strategy,
+    on_epoch: Callable[[dict[str, float], int], None] | None = None,
+) -> tuple[KerasClassifier, dict[str, Any]]:
+    """Both phases; return the end-to-end model (pixels -> P(melanoma)) and what to record."""
+    if params.input_size not in (0, image_size):
+        raise DataError(
+            f"transfer.input_size {params.input_size} differs from prepare.image_size {image_size}; "
+            "set it to 0 or change prepare.image_size (the model sees the prepared pixels)"
+        )
+    keras.utils.set_random_seed(seed)
+    choice = resolve_weights(params.weights, params.backbone, keras_home, params.download_weights)
+    with strategy.scope():
+        backbone, choice = build_backbone(params.backbone, image_size, choice)
+        backbone.trainable = False
+        extractor = feature_extractor(backbone, BACKBONES[params.backbone].preprocess, image_size)
+    f_train = compute_features(extractor, x_train)
+    f_val = compute_features(extractor, x_val)
+    with strategy.scope():
+        head = build_head(f_train, params)
+    history = fit_head(head, f_train, y_train, f_val, y_val, params, train, seed, on_epoch)
+
+    with strategy.scope():
+        inputs = keras.Input((image_size, image_size, 3), name="image")
+        model = keras.Model(inputs, head(extractor(inputs)), name=f"melanoma_{params.backbone}")
+    fine_tuned = params.fine_tune_layers > 0 and params.fine_tune_epochs > 0
+    if fine_tuned:
+        backbone.trainable = True
+        for layer in backbone.layers[: -params.fine_tune_layers]:
+            layer.trainable = False
+        history += fit_loop(
+            model, x_train, y_train, x_val, y_val, train,
+            epochs=params.fine_tune_epochs, lr=params.fine_tune_learning_rate, seed=seed,
+            phase="fine_tune", strategy=strategy, on_epoch=on_epoch, epoch_offset=len(history),
+        )  # fmt: skip
+    info = {
+        "history": history,
+        "backbone": params.backbone,
+        "weights": choice.recorded,
+        "weights_note": choice.reason,
+        "fine_tuned_layers": params.fine_tune_layers if fine_tuned else 0,
+        "feature_dim": int(f_train.shape[1]),
+        "n_params": int(model.count_params()),
+    }
+    return KerasClassifier(model=model, image_size=image_size, fit=fit), info
