@@ -123,7 +123,9 @@ def cmd_train(params: Params, args: argparse.Namespace) -> None:
 
     out = args.out or MODELS_DIR / args.model
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))  # Keras' own cache convention
-    train_model(args.model, args.prepared, args.splits, out, params, _tracking(params, Path.cwd()), keras_home)
+    train_model(
+        args.model, args.prepared, args.splits, out, params, _tracking(params, Path.cwd()), keras_home
+    )
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:

@@ -50,7 +50,9 @@ def copy_repo(dest: Path) -> None:
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
     return proc
 
 
@@ -127,7 +129,9 @@ def test_bad_params_stop_the_pipeline_before_any_work(tmp_path: Path) -> None:
     params["prepare"]["image_size"] = "large"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([str(BIN / "melanoma"), "ingest"], cwd=repo, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(BIN / "melanoma"), "ingest"], cwd=repo, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "'prepare.image_size' must be int, got str 'large'" in proc.stderr
     assert not (repo / "data").exists()

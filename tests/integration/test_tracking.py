@@ -95,3 +95,30 @@ def test_default_tracking_is_an_absolute_sqlite_file(prepared, tmp_path: Path, m
     assert (tmp_path / "mlflow.db").is_file()
     run = mlflow.MlflowClient(uri).get_run(info["mlflow"]["run_id"])
     assert run.data.metrics["val_roc_auc"] == pytest.approx(info["val"]["val_roc_auc"])
+
+
+def test_cnn_run_logs_epochs_and_both_flavors(prepared, mlflow_server: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from melanoma.config import CnnParams, TrainParams
+
+    prep, splits, params = prepared
+    params = replace(
+        params, train=TrainParams(epochs=2, batch_size=16), cnn=CnnParams(filters=(4, 8), dense=8)
+    )
+    tracking = Tracking(uri=mlflow_server, experiment="it-cnn")
+    info = train_model("cnn", prep, splits, tmp_path / "cnn", params, tracking)
+    client = mlflow.MlflowClient(mlflow_server)
+    history = client.get_metric_history(info["mlflow"]["run_id"], "val_auc")
+    assert [m.step for m in history] == list(range(info["epochs_run"]))
+    assert (tmp_path / "cnn" / "history.json").is_file()
+    assert client.get_run(info["mlflow"]["run_id"]).data.params["train.epochs"] == "2"
+
+    mlflow.set_tracking_uri(mlflow_server)
+    pyfunc = mlflow.pyfunc.load_model(info["mlflow"]["model_uri"])
+    images, _ = load_prepared(prep)
+    batch = np.asarray(images[:6])
+    local = load_model(tmp_path / "cnn").predict_proba(batch)
+    assert np.allclose(pyfunc.predict(batch), local, atol=1e-6)
+    models = client.search_logged_models(experiment_ids=[info["mlflow"]["experiment_id"]])
+    assert {m.name for m in models} >= {"model", "keras_model"}

@@ -123,6 +123,14 @@ def fit_loop(
 ) -> list[dict[str, Any]]:
     """Train ``model`` on images with early stopping on val AUC; restore the best epoch's weights."""
     batch = params.batch_size * strategy.num_replicas_in_sync
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras 3's fit() cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+        # use TensorFlow's own distributed loop instead.
+        return _multi_worker_loop(
+            model, x_train, y_train, x_val, y_val, params,
+            epochs=epochs, lr=lr, seed=seed, phase=phase, strategy=strategy, on_epoch=on_epoch,
+            epoch_offset=epoch_offset, augment=augment, batch=batch,
+        )  # fmt: skip
     train_ds = make_dataset(
         x_train, y_train, batch, training=True, seed=seed,
         augment=params.augment if augment else None,
@@ -155,3 +163,87 @@ def fit_loop(
         verbose=2,
     )
     return logger.rows
+
+
+def _multi_worker_loop(
+    model: keras.Model,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    params: TrainParams,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    phase: str,
+    strategy: tf.distribute.Strategy,
+    on_epoch: Callable[[dict[str, float], int], None] | None,
+    epoch_offset: int,
+    augment: bool,
+    batch: int,
+) -> list[dict[str, Any]]:
+    """A custom synchronous data-parallel loop (strategy.run + all-reduce of gradients).
+
+    Same contract as the fit() path: class weights, LR schedule, early stopping on validation
+    AUC with the best weights restored. Every worker evaluates the full validation set, so all
+    take the same early-stopping decision.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    ds = make_dataset(
+        x_train, y_train, batch, training=True, seed=seed, augment=params.augment if augment else None,
+        balance="none", shuffle_buffer=params.shuffle_buffer,
+    ).unbatch().batch(batch, drop_remainder=True)  # fmt: skip
+    steps = max(len(y_train) // batch, 1)
+    weights = class_weights(y_train) if params.class_balance != "none" else {0: 1.0, 1: 1.0}
+    with strategy.scope():
+        rate: Any = lr
+        if params.lr_schedule == "cosine":
+            rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * epochs, alpha=0.05)
+        optimizer = keras.optimizers.Adam(learning_rate=rate)
+        loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
+    dist = strategy.experimental_distribute_dataset(ds)
+
+    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            p = model(x, training=True)
+            w = tf.where(y > 0.5, weights[1], weights[0])
+            per_example = loss_fn(tf.reshape(y, (-1, 1)), p) * w
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
+            if model.losses:
+                loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
+        grads = tape.gradient(loss, model.trainable_weights)
+        optimizer.apply_gradients(zip(grads, model.trainable_weights, strict=True))
+        return loss
+
+    @tf.function
+    def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(x, y)), axis=None)
+
+    rows: list[dict[str, Any]] = []
+    best_auc, best_weights, waited = -1.0, model.get_weights(), 0
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for x, y in dist:
+            total += float(train_step(x, y))
+            n += 1
+        p_val = np.concatenate(
+            [np.asarray(model(tf.convert_to_tensor(x_val[i : i + 256], tf.float32), training=False)).reshape(-1)
+             for i in range(0, len(x_val), 256)]
+        )  # fmt: skip
+        val_auc = float(roc_auc_score(y_val, p_val)) if len(np.unique(y_val)) == 2 else float("nan")
+        current_lr = optimizer.learning_rate
+        logs = {"loss": total / max(n, 1), "val_auc": val_auc,
+                "learning_rate": float(current_lr.numpy() if hasattr(current_lr, "numpy") else current_lr)}  # fmt: skip
+        rows.append({"epoch": epoch_offset + epoch, "phase": phase, **logs})
+        if on_epoch is not None:
+            on_epoch({k: v for k, v in logs.items() if math.isfinite(v)}, epoch_offset + epoch)
+        if val_auc > best_auc:
+            best_auc, best_weights, waited = val_auc, model.get_weights(), 0
+        else:
+            waited += 1
+            if waited >= params.early_stopping_patience:
+                break
+    model.set_weights(best_weights)
+    return rows

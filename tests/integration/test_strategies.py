@@ -1,0 +1,100 @@
+"""Scaling with TensorFlow's own engine, on the CPU: MirroredStrategy over two logical CPU devices,
+and MultiWorkerMirroredStrategy with two local worker processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_raw
+from integration.conftest import free_port
+from melanoma.config import PrepareParams, SplitParams
+from melanoma.prepare import load_prepared, prepare
+from melanoma.split import split_frame, split_report, write_splits
+
+pytestmark = pytest.mark.integration
+
+MIRRORED = """
+import sys
+import numpy as np
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[1])
+from conftest import lesion_image
+from melanoma.config import CnnParams, TrainParams
+from melanoma.models.cnn import fit_cnn
+from melanoma.models.keras_model import make_strategy
+strategy = make_strategy("mirrored", ("/cpu:0", "/cpu:1"))
+assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+rng = np.random.default_rng(0)
+y = (np.arange(64) % 2).astype(int)
+x = np.stack([np.asarray(lesion_image(rng, bool(v), 32, 32)) for v in y])
+model, info = fit_cnn(x, y, x, y, CnnParams(filters=(4, 8), dense=8), TrainParams(epochs=1, batch_size=8),
+                      image_size=32, fit="crop", seed=0, strategy=strategy)
+assert info["epochs_run"] == 1 and model.predict_proba(x).shape == (64,)
+print("REPLICAS", strategy.num_replicas_in_sync)
+"""
+
+
+def test_mirrored_over_two_logical_cpus() -> None:
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED, tests_dir], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REPLICAS 2" in proc.stdout
+
+
+def test_multi_worker_with_two_local_processes(tmp_path: Path) -> None:
+    make_raw(tmp_path / "raw", n=48, pos_every=2)
+    prepare(tmp_path / "raw", tmp_path / "prepared", PrepareParams(image_size=32, workers=1))
+    _, index = load_prepared(tmp_path / "prepared")
+    frames = split_frame(index, SplitParams(test_fraction=0.25, val_fraction=0.25), 0)
+    write_splits(tmp_path / "splits", frames, split_report(frames))
+    params = {
+        "prepare": {"image_size": 32},
+        "train": {"strategy": "multi_worker", "epochs": 1, "batch_size": 8},
+        "cnn": {"filters": [4, 8], "dense": 8},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "KERAS_BACKEND": "tensorflow",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        cmd = [
+            sys.executable, "-m", "melanoma", "--params", str(tmp_path / "params.yaml"), "train", "cnn",
+            "--prepared", str(tmp_path / "prepared"), "--splits", str(tmp_path / "splits"),
+            "--out", str(tmp_path / f"out{i}"),
+        ]  # fmt: skip
+        log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115 - closed below
+        procs.append(
+            (subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        )
+    for proc, log in procs:
+        try:
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p, _ in procs] == [0, 0], "\n\n".join(s[-3000:] for s in logs)
+    chief = json.loads((tmp_path / "out0" / "model.json").read_text())
+    worker = json.loads((tmp_path / "out1" / "model.json").read_text())
+    assert "mlflow" in chief and "mlflow" not in worker  # only the chief logs
+    assert chief["n_train"] == worker["n_train"]
