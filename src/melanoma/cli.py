@@ -89,7 +89,7 @@ def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
         if not ing.allow_partial:
             raise IncompleteError(
                 f"ingest: {len(failures)} item(s) failed (listed in {args.out}/ingest_report.json); "
-                "rerun to retry them, or set ingest.allow_partial: true to continue without them"
+                "fix the input or rerun to retry downloads, or set ingest.allow_partial: true to continue without them"
             )
 
 

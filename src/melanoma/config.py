@@ -76,8 +76,10 @@ class ChallengeParams:
     """ISIC challenge ground truth (``ingest.source: challenge``): 2016-2020 and HAM10000 formats."""
 
     format: Literal["auto", "2016", "2017", "2018", "2019", "2020", "ham10000"] = "auto"
-    ground_truth: str = ""  # path to the ground-truth CSV (or where a download puts it)
-    images: str = ""  # folder of the challenge images
+    # Without download: local paths. With download: file names selecting bucket objects (empty = chosen
+    # automatically), fetched into data/challenge_cache/ and imported from there.
+    ground_truth: str = ""  # the ground-truth CSV
+    images: str = ""  # the folder (or, with download, the zip) of the challenge images
     metadata_csv: str = ""  # optional extra metadata CSV (e.g. 2019/2020 patient, age, sex, site)
     download: bool = False  # fetch from the public ISIC bucket first (needs the internet)
     bucket_url: str = "https://isic-archive.s3.amazonaws.com"

@@ -116,7 +116,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     meta = read_metadata(raw_dir)
     labels = derive_labels(meta)
-    meta = pd.concat([meta, labels], axis=1)
+    meta = pd.concat([meta.drop(columns=labels.columns, errors="ignore"), labels], axis=1)
     files = index_image_files(raw_dir / IMAGES_DIR)
 
     unlabeled = meta.loc[meta["label"].isna(), "isic_id"].tolist()

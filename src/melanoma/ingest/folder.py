@@ -64,8 +64,9 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tqdm import tqdm
@@ -390,7 +391,7 @@ class ImportItem:
     rel: str  # relative path below the source folder (posix)
     path: Path
     fields: dict[str, Any]  # metadata fields, labels included
-    source_split: str = ""
+    source_split: str | None = None  # folder imports only: the split folders above the class folder
     real_id: str | None = None  # an ISIC id the source gave, else a synthetic one is assigned
     where: dict[str, Any] = field(default_factory=dict)  # row number etc. for failure messages
 
@@ -477,9 +478,7 @@ def _csv_row_fields(header: list[str], cells: list[str], image_col: int) -> dict
     return out
 
 
-def _items_from_csv(
-    folder: Path, csv_path: Path, images: list[tuple[str, Path]], failures: list[dict]
-) -> list[ImportItem]:
+def _items_from_csv(csv_path: Path, images: list[tuple[str, Path]], failures: list[dict]) -> list[ImportItem]:
     header, rows = read_csv_table(csv_path)
     lower = [h.strip().casefold() for h in header]
     image_col = next((lower.index(c) for c in IMAGE_COLUMNS if c in lower), None)
@@ -518,7 +517,10 @@ def _items_from_csv(
         if not value:
             failures.append({**where, "reason": f"empty {header[image_col]}"})
             continue
-        value_id = isic_id_from_name(Path(value).stem if "." in Path(value).name else value)
+        as_path = PurePosixPath(value)
+        value_id = isic_id_from_name(
+            as_path.stem if as_path.suffix.lower() in IMAGE_SUFFIXES else as_path.name
+        )
         found = (
             ([by_rel[value]] if value in by_rel else [])
             or by_rel_ci.get(value.casefold())
@@ -655,25 +657,35 @@ def label_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return {k: counts.get(k, 0) for k in ("melanoma", "not_melanoma", "unlabeled")}
 
 
+def _try_hash(path: Path) -> tuple[str, int] | OSError:
+    try:
+        return hash_file(path)
+    except OSError as exc:
+        return exc
+
+
 def hash_items(
     items: list[ImportItem], failures: list[dict], desc: str
 ) -> tuple[list[ImportItem], dict[str, str]]:
-    """Read every file once (readability check + sha1); unreadable or empty files become failures."""
+    """Read every file once (readability check + sha1); unreadable or empty files become failures.
+
+    Threads, because the work is file I/O and hashlib releases the GIL on large buffers.
+    """
     good: list[ImportItem] = []
     hashes: dict[str, str] = {}
-    for item in tqdm(items, desc=desc, unit="img", leave=False, mininterval=1.0):
-        try:
-            sha1, size = hash_file(item.path)
-        except OSError as exc:
-            failures.append(
-                {**item.where, "path": item.rel, "reason": f"unreadable file: {exc.strerror or exc}"}
-            )
-            continue
-        if size == 0:
-            failures.append({**item.where, "path": item.rel, "reason": "empty file (0 bytes)"})
-            continue
-        hashes[item.rel] = sha1
-        good.append(item)
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_try_hash, [it.path for it in items])
+        for item, res in zip(items, tqdm(results, total=len(items), desc=desc, unit="img", leave=False,
+                                         mininterval=1.0), strict=True):  # fmt: skip
+            if isinstance(res, OSError):
+                reason = f"unreadable file: {res.strerror or res}"
+                failures.append({**item.where, "path": item.rel, "reason": reason})
+            elif res[1] == 0:
+                failures.append({**item.where, "path": item.rel, "reason": "empty file (0 bytes)"})
+            else:
+                hashes[item.rel] = res[0]
+                good.append(item)
     return good, hashes
 
 
@@ -730,9 +742,10 @@ def write_items(
             continue
         record: dict[str, Any] = {**defaults, **item.fields, "isic_id": isic_id}
         record["copyright_license"] = safe_license_id(str(record.get("copyright_license") or UNKNOWN_LICENSE))
-        record["id_assigned"] = bool(item.fields.get("id_assigned", False))
         record["source_path"] = item.rel
-        record["source_split"] = item.source_split
+        if item.source_split is not None:  # folder imports: say which ids are made up, and the split
+            record["id_assigned"] = bool(item.fields.get("id_assigned", False))
+            record["source_split"] = item.source_split
         records.append(record)
         by_hash[hashes[item.rel]].append(record)
     duplicates = []
@@ -754,7 +767,7 @@ def write_items(
         "n_images": len(records),
         "n_linked": methods["link"],
         "n_copied": methods["copy"],
-        "n_synthetic_ids": sum(1 for r in records if r["id_assigned"]),
+        "n_synthetic_ids": sum(1 for r in records if r.get("id_assigned")),
         "n_duplicate_files": sum(len(d["isic_ids"]) - 1 for d in duplicates),
         "duplicates": duplicates,
     }
@@ -783,7 +796,7 @@ def import_folder(raw_dir: Path, params: FolderParams, seed: int) -> dict:
     if params.metadata_csv:
         csv_path = _resolve_csv(folder, params.metadata_csv)
         mode = "metadata_csv"
-        items = _items_from_csv(folder, csv_path, images, failures)
+        items = _items_from_csv(csv_path, images, failures)
     else:
         csv_path = None
         mode = "class_folders"

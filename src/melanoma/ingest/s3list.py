@@ -22,7 +22,8 @@
 The cache is ``<raw_dir>/../challenge_cache/<bucket host>/<key>`` (``data/challenge_cache/`` for
 the pipeline, outside the DVC-tracked ``data/raw``): a zip extracts to the key without ``.zip``.
 ``.manifest.json`` there records each completed object's ETag and size, so a rerun downloads and
-extracts nothing that is already complete, and fetches again what changed on the bucket.
+extracts nothing that is already complete, and fetches again what changed on the bucket. The
+cache writes its own ``.gitignore`` (``*``) so that git never sees the downloads.
 """
 
 from __future__ import annotations
@@ -137,7 +138,13 @@ def list_bucket(
         params = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
         if token:
             params["continuation-token"] = token
-        text = http.get_text(session, bucket_url.rstrip("/") + "/", params, policy, url_guard=guard)
+        try:
+            text = http.get_text(session, bucket_url.rstrip("/") + "/", params, policy, url_guard=guard)
+        except http.HttpError as exc:
+            raise DataError(
+                f"cannot list {bucket_url} (prefix {prefix!r}): {exc.message}. If the bucket does not allow "
+                "listing, download the files by hand and import them with download: false"
+            ) from exc
         page, truncated, token = parse_list_page(text)
         objects.extend(page)
         pages += 1
@@ -325,6 +332,17 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _reusable(local: Path, obj: S3Object, known: bool) -> bool:
+    """Whether a file already at ``local`` (left by a killed run, or put there by hand) is ``obj``.
+
+    Not if the manifest knew another version of the key (same size is then no proof); else the
+    size must match (isic-cli's resume rule) and, for a single-part ETag, the MD5 too.
+    """
+    if known or not local.is_file() or local.stat().st_size != obj.size:
+        return False
+    return not re.fullmatch(r"[0-9a-f]{32}", obj.etag) or _md5(local) == obj.etag
+
+
 def cache_root(raw_dir: Path, bucket_url: str) -> Path:
     """``<raw_dir>/../challenge_cache/<bucket host>``: beside raw, so replacing raw keeps the downloads."""
     host = (urlsplit(bucket_url).netloc or "bucket").replace(":", "_")
@@ -337,6 +355,10 @@ class _Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.path = root / MANIFEST
+        # Downloads are not source: keep git (and tools that copy untracked files) away from them.
+        ignore = root.parent / ".gitignore"
+        if not ignore.exists():
+            atomic.write_text(ignore, "# downloaded ISIC challenge files (melanoma.ingest.s3list)\n*\n")
         try:
             self.entries: dict[str, dict[str, Any]] = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -407,11 +429,11 @@ def fetch_challenge(raw_dir: Path, params: ChallengeParams, max_keys: int = 1000
                 done.append({"key": obj.key, "size": obj.size, "action": "cached"})
                 return out
             t0 = time.perf_counter()
-            if not (local.is_file() and local.stat().st_size == obj.size):
+            if _reusable(local, obj, known=obj.key in cache.entries):
+                action = "found"
+            else:
                 _download(session, url, obj, local, policy, guard, stats)
                 action = "downloaded"
-            else:
-                action = "found"  # same size already on disk (isic-cli's resume rule)
             extra: dict[str, Any] = {}
             if extract:
                 if out.exists():  # an older version of the archive: start clean
