@@ -475,7 +475,9 @@ def download_isic(raw_dir: Path, params: IsicParams) -> dict[str, Any]:
     if leftovers:
         log.info("removed %d temporary file(s) left by an interrupted run", len(leftovers))
 
-    with IsicApi(params.base_url, policy, params.allowed_hosts, pool_size=params.concurrency) as api:
+    # The pool also serves the preflight and licence requests, which run a few at a time.
+    pool_size = max(params.concurrency, 4 + len(collections))
+    with IsicApi(params.base_url, policy, params.allowed_hosts, pool_size=pool_size) as api:
         pre = api.preflight(query, collections, limit)
         log.info("ISIC search %r collections=%s: server count %s", query, list(collections), pre.count)
         if limit == 0 and pre.size_bytes is not None:
