@@ -43,6 +43,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_resize.py
+	$(BIN)/python benchmarks/bench_download.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache dvc_plots
