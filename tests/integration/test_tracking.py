@@ -122,3 +122,58 @@ def test_cnn_run_logs_epochs_and_both_flavors(prepared, mlflow_server: str, tmp_
     assert np.allclose(pyfunc.predict(batch), local, atol=1e-6)
     models = client.search_logged_models(experiment_ids=[info["mlflow"]["experiment_id"]])
     assert {m.name for m in models} >= {"model", "keras_model"}
+
+
+def test_mlflow_models_serve_scores_raw_images(prepared, mlflow_server: str, tmp_path: Path) -> None:
+    """`mlflow models serve --env-manager local` on the logged pyfunc: raw uint8 images of any size in."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from integration.conftest import free_port, wait_http
+
+    prep, splits, params = prepared
+    info = train_model(
+        "baseline",
+        prep,
+        splits,
+        tmp_path / "model",
+        params,
+        Tracking(uri=mlflow_server, experiment="it-serve"),
+    )
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)  # mlflow execs uvicorn from PATH, as in an activated venv
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", info["mlflow"]["model_uri"],
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, 120, log)
+        image = np.random.default_rng(0).integers(0, 255, (2, 41, 57, 3), dtype=np.uint8)
+        resp = requests.post(
+            f"http://127.0.0.1:{port}/invocations", json={"inputs": image.tolist()}, timeout=60
+        )
+        assert resp.status_code == 200, resp.text
+        served = np.asarray(json.loads(resp.text)["predictions"], dtype=np.float32)
+        mlflow.set_tracking_uri(mlflow_server)
+        local = mlflow.pyfunc.load_model(info["mlflow"]["model_uri"]).predict(image)
+        assert served.shape == (2,) and np.allclose(served, local, atol=1e-6)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
