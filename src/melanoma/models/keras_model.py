@@ -92,6 +92,13 @@ class EpochLogger(keras.callbacks.Callback):
             self.on_epoch({k: v for k, v in logs.items() if math.isfinite(v)}, step)
 
 
+def best_val_auc(patience: int) -> keras.callbacks.EarlyStopping:
+    """Stop when validation AUC stops improving and restore the best epoch's weights."""
+    return keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=patience, restore_best_weights=True
+    )
+
+
 def compile_for(model: keras.Model, lr: float, schedule: str, total_steps: int) -> None:
     """Adam with the chosen schedule; binary cross-entropy; AUC as the tracked metric."""
     rate: Any = lr
@@ -141,12 +148,7 @@ def fit_loop(
     with strategy.scope():
         compile_for(model, lr, params.lr_schedule, steps * epochs)
     logger = EpochLogger(phase, on_epoch, epoch_offset)
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=params.early_stopping_patience, restore_best_weights=True
-        ),
-        logger,
-    ]
+    callbacks: list[keras.callbacks.Callback] = [best_val_auc(params.early_stopping_patience), logger]
     if params.lr_schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(

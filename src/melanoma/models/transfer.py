@@ -22,7 +22,7 @@ import tensorflow as tf
 from melanoma.config import TrainParams, TransferParams
 from melanoma.data import class_weights
 from melanoma.errors import DataError
-from melanoma.models.keras_model import EpochLogger, KerasClassifier, compile_for, fit_loop
+from melanoma.models.keras_model import EpochLogger, KerasClassifier, best_val_auc, compile_for, fit_loop
 from melanoma.models.layers import Preprocess
 
 log = logging.getLogger(__name__)
@@ -168,12 +168,7 @@ def fit_head(
         epochs=params.head_epochs,
         class_weight=class_weights(y_train) if train.class_balance != "none" else None,
         callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_auc",
-                mode="max",
-                patience=train.early_stopping_patience,
-                restore_best_weights=True,
-            ),
+            best_val_auc(train.early_stopping_patience),
             logger,
         ],
         verbose=0,
