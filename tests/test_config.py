@@ -80,3 +80,8 @@ def test_cli_check_rejects_bad_params(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--params", str(path), "check"]) == 2
     path.write_text(yaml.safe_dump({"prepare": {"image_size": 64}}))
     assert main(["--params", str(path), "check"]) == 0
+
+
+def test_params_yaml_spells_out_the_defaults() -> None:
+    """params.yaml and the dataclass defaults must not drift apart (benchmarks use the defaults)."""
+    assert load_params(REPO / "params.yaml") == Params()

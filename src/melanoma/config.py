@@ -136,7 +136,7 @@ class TrainParams:
     """Settings shared by every trainer (the deep models' loop, the operating point, scaling)."""
 
     target_sensitivity: float | None = None  # None: threshold at Youden's J on validation
-    epochs: int = 30
+    epochs: int = 25
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
@@ -152,7 +152,7 @@ class TrainParams:
 class CnnParams:
     """The compact CNN for 100x100 input."""
 
-    filters: tuple[int, ...] = (32, 64, 128)
+    filters: tuple[int, ...] = (16, 32, 64)
     convs_per_block: int = 2
     dense: int = 128
     dropout: float = 0.3
@@ -171,7 +171,7 @@ class TransferParams:
     input_size: int = 0  # 0 = the prepared image size
     head_units: int = 256
     dropout: float = 0.4
-    head_epochs: int = 40
+    head_epochs: int = 60
     head_learning_rate: float = 1e-3
     fine_tune_layers: int = 0  # top backbone layers unfrozen in phase 2; 0 = no fine-tuning
     fine_tune_epochs: int = 5
