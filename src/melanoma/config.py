@@ -126,9 +126,9 @@ class AugmentParams:
     flip: bool = True
     rotate90: bool = True
     zoom: float = 0.1  # random crop of up to this fraction, resized back
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
+    brightness: float = 0.0  # colour jitter: off by default, see params.yaml
+    contrast: float = 0.0
+    saturation: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ class TrainParams:
     """Settings shared by every trainer (the deep models' loop, the operating point, scaling)."""
 
     target_sensitivity: float | None = None  # None: threshold at Youden's J on validation
-    epochs: int = 25
+    epochs: int = 35
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
