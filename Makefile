@@ -44,6 +44,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_resize.py
 	$(BIN)/python benchmarks/bench_download.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache dvc_plots
