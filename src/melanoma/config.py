@@ -140,7 +140,8 @@ class TrainParams:
     batch_size: int = 64
     learning_rate: float = 1e-3
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    early_stopping_patience: int = 6
+    early_stopping_patience: int = 10
+    early_stopping_start: int = 10  # epochs before early stopping may act (val AUC is noisy early on)
     class_balance: Literal["class_weight", "oversample", "none"] = "class_weight"
     shuffle_buffer: int = 4096
     augment: AugmentParams = field(default_factory=AugmentParams)
@@ -253,6 +254,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.batch_size": (lambda v: v >= 1, "at least 1"),
     "train.learning_rate": (lambda v: v > 0, "greater than 0"),
     "train.early_stopping_patience": (lambda v: v >= 1, "at least 1"),
+    "train.early_stopping_start": (lambda v: v >= 0, "at least 0"),
     "train.shuffle_buffer": (lambda v: v >= 1, "at least 1"),
     "train.augment.zoom": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
     "train.augment.brightness": (lambda v: 0 <= v <= 1, "in [0, 1]"),

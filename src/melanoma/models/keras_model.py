@@ -92,10 +92,11 @@ class EpochLogger(keras.callbacks.Callback):
             self.on_epoch({k: v for k, v in logs.items() if math.isfinite(v)}, step)
 
 
-def best_val_auc(patience: int) -> keras.callbacks.EarlyStopping:
-    """Stop when validation AUC stops improving and restore the best epoch's weights."""
+def best_val_auc(patience: int, start: int = 0) -> keras.callbacks.EarlyStopping:
+    """Stop when validation AUC stops improving and restore the best epoch's weights; ignore the first
+    ``start`` epochs, whose validation AUC on a small, imbalanced set is mostly noise."""
     return keras.callbacks.EarlyStopping(
-        monitor="val_auc", mode="max", patience=patience, restore_best_weights=True
+        monitor="val_auc", mode="max", patience=patience, restore_best_weights=True, start_from_epoch=start
     )
 
 
@@ -148,7 +149,10 @@ def fit_loop(
     with strategy.scope():
         compile_for(model, lr, params.lr_schedule, steps * epochs)
     logger = EpochLogger(phase, on_epoch, epoch_offset)
-    callbacks: list[keras.callbacks.Callback] = [best_val_auc(params.early_stopping_patience), logger]
+    callbacks: list[keras.callbacks.Callback] = [
+        best_val_auc(params.early_stopping_patience, min(params.early_stopping_start, epochs - 1)),
+        logger,
+    ]
     if params.lr_schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -241,6 +245,8 @@ def _multi_worker_loop(
         rows.append({"epoch": epoch_offset + epoch, "phase": phase, **logs})
         if on_epoch is not None:
             on_epoch({k: v for k, v in logs.items() if math.isfinite(v)}, epoch_offset + epoch)
+        if epoch < min(params.early_stopping_start, epochs - 1):
+            continue  # as EarlyStopping(start_from_epoch): early validation AUC is noise
         if val_auc > best_auc:
             best_auc, best_weights, waited = val_auc, model.get_weights(), 0
         else:
