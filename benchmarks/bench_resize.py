@@ -42,6 +42,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFilter, JpegImagePlugin, features  # noqa: E402
 
+from loadmeter import BUSY_LIMIT, HZ, busy, fmt_load, verdict  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 try:
     from melanoma import images as mimages
@@ -59,8 +61,6 @@ TARGET_NAIVE = 4.0  # ours / naive, one core
 TARGET_LIMIT = 0.75  # ours / decode-only limit, one core
 TARGET_EFFICIENCY = 0.8  # speed-up / workers at all cores
 # Other processes using more than this many cores during a pass make it "not clean" (noted).
-BUSY_LIMIT = 0.25
-HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 # --------------------------------------------------------------------------- data
@@ -236,10 +236,6 @@ def measure(fn: Callable[[], object], pids: list[int], cpu: str) -> Pass:
     return Pass(wall, ours, foreign)
 
 
-def busy(p: Pass) -> bool:
-    return p.foreign_cores is not None and p.foreign_cores > BUSY_LIMIT
-
-
 def time_pass(fn: Callable[[str], None], paths: list[str], cpu: str) -> Pass:
     return measure(lambda: [fn(p) for p in paths], [os.getpid()], cpu)
 
@@ -322,17 +318,6 @@ def scaling(paths: list[str], size: int, repeat: int, max_workers: int) -> dict[
 
 
 # --------------------------------------------------------------------------- report
-
-
-def verdict(ok: bool, *passes: Pass) -> str:
-    """PASS/FAIL, flagged when a pass behind the figure overlapped other processes' load."""
-    loads = [p.foreign_cores for p in passes if busy(p)]
-    flag = f"  (not clean: other processes used up to {max(loads):.2f} cores meanwhile)" if loads else ""
-    return ("PASS" if ok else "FAIL") + flag
-
-
-def fmt_load(p: Pass) -> str:
-    return "n/a" if p.foreign_cores is None else f"{p.foreign_cores:.2f}"
 
 
 def bench_set(name: str, paths: list[str], args: argparse.Namespace, cores: int) -> dict:

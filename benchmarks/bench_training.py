@@ -45,6 +45,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from loadmeter import BUSY_LIMIT, HZ, busy, fmt_load, verdict  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 try:
     import melanoma  # noqa: F401
@@ -76,8 +78,6 @@ BATCH = 64
 PREDICT_BATCH = 128
 TARGET_PIPELINE = 0.9  # pipeline / in-memory training throughput
 TARGET_CACHED = 5.0  # naive epoch / cached-feature epoch
-BUSY_LIMIT = 0.25  # other processes using more cores than this during a pass: "not clean"
-HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 # --------------------------------------------------------------------------- data
@@ -159,20 +159,6 @@ def measured(out: Pass):
     if None not in (b0, b1, o0, o1):
         out.cpu_seconds = (o1 - o0) / HZ  # type: ignore[operator]
         out.foreign_cores = max(0.0, ((b1 - b0) / HZ - out.cpu_seconds) / out.seconds)  # type: ignore[operator]
-
-
-def busy(p: Pass) -> bool:
-    return p.foreign_cores is not None and p.foreign_cores > BUSY_LIMIT
-
-
-def verdict(ok: bool, *passes: Pass) -> str:
-    loads = [p.foreign_cores for p in passes if busy(p)]
-    flag = f"  (not clean: other processes used up to {max(loads):.2f} cores meanwhile)" if loads else ""
-    return ("PASS" if ok else "FAIL") + flag
-
-
-def fmt_load(p: Pass) -> str:
-    return "n/a" if p.foreign_cores is None else f"{p.foreign_cores:.2f}"
 
 
 class BatchClock(keras.callbacks.Callback):
