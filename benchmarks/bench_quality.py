@@ -10,12 +10,12 @@ or ``--set prepare.image_size=128``. Prints per model: test ROC AUC with its 95 
 PR AUC, sensitivity / specificity at the validation threshold, and training time.
 
 The Kaggle "malignant vs benign" folder (train|test/benign|malignant, 3,297 images at 224x224)
-takes ~12 minutes on 2 cores with ``--epochs 12``; its own train/test folders are ignored and the
-images re-split with the default SplitParams (no patient ids there, so every image is its own group).
-The imported files are hardlinks (or copies) in a temp dir that is removed at the end.
+takes ~13 minutes on 2 cores at the default 35 CNN epochs (~17 s each here; ``--epochs`` caps
+them). Its own train/test folders are ignored and the images re-split with the default SplitParams
+(no patient ids there, so every image is its own group). The imported files are hardlinks (or copies) in a temp dir that is removed at the end.
 
     .venv/bin/python benchmarks/bench_quality.py --data ../shared/datasets/kaggle-isic-malignant-vs-benign \\
-        [--epochs 12] [--models baseline,cnn,transfer] [--bootstrap 500] [--json OUT]
+        [--epochs N] [--models baseline,cnn,transfer] [--set KEY=VALUE] [--bootstrap 500] [--json OUT]
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_quality: {data_dir.resolve()}, cpu_count {cores}, models {', '.join(models)}, seed {seed}")
     print(
         f"   prepare.image_size {params.prepare.image_size} ({params.prepare.fit}); train.epochs {params.train.epochs} "
-        f"(patience {params.train.early_stopping_patience}, {params.train.lr_schedule}, {params.train.class_balance}); "
+        f"(patience {params.train.early_stopping_patience} from epoch {params.train.early_stopping_start}, {params.train.lr_schedule}, {params.train.class_balance}); "
         f"cnn.filters {list(params.cnn.filters)}; transfer {params.transfer.backbone} "
         f"head_epochs {params.transfer.head_epochs}; bootstrap {params.evaluate.bootstrap}"
     )
