@@ -7,7 +7,9 @@ Three checks on synthetic 100x100 uint8 lesion-like images (no dependency on any
                    augment=AugmentParams())`` vs the same model fed the same augmented batches
                    pre-materialised as tensors in memory (``from_tensor_slices`` over the stacked
                    batches). Both go through ``model.fit``; images/s over ``--steps`` steps after
-                   ``--warmup`` steps; passes interleaved, best of ``--repeat``.
+                   ``--warmup`` steps; passes interleaved, best of ``--repeat``. The pipeline without
+                   augmentation runs alongside as context, and the CPU the pipeline burns per batch
+                   on its own is set against a training step's CPU (a load-independent cross-check).
                    Target: pipeline / in-memory >= 0.9 (the pipeline is never the bottleneck).
 2. cached features The transfer phase-1 path (``compute_features`` once, then K epochs of
                    ``fit_head`` on the feature matrix) vs the naive path (the same head on top of the
@@ -21,7 +23,7 @@ Absolute times are printed as context only: the machine may be shared, so each t
 records how many cores OTHER processes used meanwhile (from ``/proc/stat``); a verdict drawn from a
 pass where they used more than 0.25 cores is flagged "not clean".
 
-    .venv/bin/python benchmarks/bench_training.py [--n 1024] [--steps 10] [--repeat 2] [--json OUT]
+    .venv/bin/python benchmarks/bench_training.py [--n 1024] [--steps 20] [--repeat 3] [--json OUT]
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def bench_pipeline(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> di
     )
     keras.utils.set_random_seed(args.seed)
     model = build_cnn(SIZE, CnnParams())
-    total_steps = (args.warmup + args.steps) * (2 * args.repeat + 2)
+    total_steps = (args.warmup + args.steps) * (6 * args.repeat + 3)
     compile_for(model, 1e-3, "cosine", total_steps)
 
     # The same augmented batches, materialised once as tensors.
@@ -206,13 +208,23 @@ def bench_pipeline(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> di
         f"(the pipeline alone: {len(y) / t_pipe:.0f} img/s incl. start-up)"
     )
 
-    def pipeline_ds() -> tf.data.Dataset:
-        return make_dataset(x, y, BATCH, training=True, seed=args.seed, augment=aug).repeat()
+    def pipeline_ds(augment: AugmentParams | None) -> Callable[[], tf.data.Dataset]:
+        return lambda: make_dataset(x, y, BATCH, training=True, seed=args.seed, augment=augment).repeat()
 
     def memory_ds() -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices((xs, ys)).repeat()
 
-    sources: dict[str, Callable[[], tf.data.Dataset]] = {"pipeline": pipeline_ds, "in_memory": memory_ds}
+    # The no-augmentation pipeline is context: it splits the pipeline's cost into tf.data vs augment.
+    sources: dict[str, Callable[[], tf.data.Dataset]] = {
+        "in_memory": memory_ds,
+        "pipeline": pipeline_ds(aug),
+        "pipeline_no_augment": pipeline_ds(None),
+    }
+    labels = {
+        "in_memory": "in-memory batches (from tensors)",
+        "pipeline": "make_dataset + augment",
+        "pipeline_no_augment": "make_dataset, no augment (context)",
+    }
 
     def one_pass(make: Callable[[], tf.data.Dataset], warmup: int, steps: int) -> Pass:
         clock = BatchClock()
@@ -223,7 +235,7 @@ def bench_pipeline(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> di
         p.value = steps * BATCH / (t[-1] - t[warmup - 1])
         return p
 
-    for make in sources.values():  # trace the train step for both input signatures
+    for make in sources.values():  # trace the train step for every input signature
         one_pass(make, 1, 2)
     best = {k: Pass() for k in sources}
     rounds = 0
@@ -234,32 +246,46 @@ def bench_pipeline(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> di
             if p.value > best[name].value:
                 best[name] = p
 
-    ratio = best["pipeline"].value / best["in_memory"].value
-    print(f"   {'source':<34}{'img/s':>9}{'ms/step':>9}{'CPU s/img':>11}{'other load':>12}")
-    for name, label in (
-        ("in_memory", "in-memory batches (from tensors)"),
-        ("pipeline", "make_dataset + augment"),
-    ):
-        p = best[name]
-        cpu = (
-            "n/a" if p.cpu_seconds is None else f"{p.cpu_seconds / ((args.warmup + args.steps) * BATCH):.4f}"
+    steps_per_pass = args.warmup + args.steps
+    print(f"   {'source':<38}{'img/s':>9}{'ms/step':>9}{'vs memory':>11}{'CPU ms/img':>12}{'other load':>12}")
+    for name, p in best.items():
+        cpu = "n/a" if p.cpu_seconds is None else f"{1000 * p.cpu_seconds / (steps_per_pass * BATCH):.2f}"
+        print(
+            f"   {labels[name]:<38}{p.value:>9.1f}{1000 * BATCH / p.value:>9.0f}"
+            f"{p.value / best['in_memory'].value:>11.3f}{cpu:>12}{fmt_load(p):>12}"
         )
-        print(f"   {label:<34}{p.value:>9.1f}{1000 * BATCH / p.value:>9.0f}{cpu:>11}{fmt_load(p):>12}")
+    ratio = best["pipeline"].value / best["in_memory"].value
     ok = ratio >= TARGET_PIPELINE
     print(
         f"   pipeline / in-memory = {ratio:6.3f}    target >= {TARGET_PIPELINE:.2f}   "
         + verdict(ok, best["pipeline"], best["in_memory"])
     )
-    # Load-independent context: what the pipeline costs per batch when it runs alone, vs a step.
-    pipe_alone = Pass()
-    with measured(pipe_alone):
-        for _ in make_dataset(x, y, BATCH, training=True, seed=args.seed + 1, augment=aug):
-            pass
-    share = (pipe_alone.seconds / n_batches) / (BATCH / best["in_memory"].value)
-    print(
-        f"   pipeline alone: {len(y) / pipe_alone.seconds:.0f} img/s, "
-        f"{1000 * pipe_alone.seconds / n_batches:.1f} ms/batch = {share:.1%} of a training step"
-    )
+
+    # Load-independent context: the CPU the pipeline burns per batch when it runs alone, against the
+    # CPU of one training step. A step keeps every core busy here, so that CPU is taken from it.
+    def alone(augment: AugmentParams | None) -> Pass:
+        it = iter(make_dataset(x, y, BATCH, training=True, seed=args.seed + 1, augment=augment).repeat())
+        next(it)  # start-up (shuffle buffer fill, threads) not counted
+        p = Pass()
+        with measured(p):
+            for _ in range(2 * n_batches):
+                next(it)
+        return p
+
+    alone_aug, alone_plain = alone(aug), alone(None)
+    step_cpu = best["in_memory"].cpu_seconds
+    share = predicted = None
+    if alone_aug.cpu_seconds is not None and alone_plain.cpu_seconds is not None and step_cpu:
+        pipe_ms = 1000 * alone_aug.cpu_seconds / (2 * n_batches)
+        aug_ms = pipe_ms - 1000 * alone_plain.cpu_seconds / (2 * n_batches)
+        step_ms = 1000 * step_cpu / steps_per_pass
+        share = pipe_ms / step_ms
+        predicted = 1 / (1 + share)
+        print(
+            f"   pipeline alone: {2 * len(y) / alone_aug.seconds:.0f} img/s; CPU {pipe_ms:.1f} ms/batch "
+            f"(augmentation {aug_ms:.1f}) = {share:.1%} of a training step's CPU ({step_ms:.0f} ms); "
+            f"with every core busy that predicts {predicted:.3f}"
+        )
     return {
         "images": len(y),
         "steps": args.steps,
@@ -267,9 +293,11 @@ def bench_pipeline(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> di
         "images_per_s": {k: v.value for k, v in best.items()},
         "cpu_seconds": {k: v.cpu_seconds for k, v in best.items()},
         "other_load_cores": {k: v.foreign_cores for k, v in best.items()},
-        "pipeline_alone_images_per_s": len(y) / pipe_alone.seconds,
-        "pipeline_share_of_step": share,
+        "pipeline_alone_images_per_s": 2 * len(y) / alone_aug.seconds,
+        "pipeline_cpu_share_of_step": share,
+        "predicted_ratio_from_cpu": predicted,
         "ratio_pipeline_over_memory": ratio,
+        "ratio_no_augment_over_memory": best["pipeline_no_augment"].value / best["in_memory"].value,
         "clean": not any(busy(b) for b in best.values()),
         "pass": ok,
     }
@@ -452,9 +480,9 @@ def bench_inference(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1024, help="synthetic images for check 1 and the baseline")
-    ap.add_argument("--steps", type=int, default=10, help="timed training steps per pass (check 1)")
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per pass (check 1)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each pass")
-    ap.add_argument("--repeat", type=int, default=2, help="timed repeats; the best counts")
+    ap.add_argument("--repeat", type=int, default=3, help="timed repeats; the best counts")
     ap.add_argument("--transfer-n", type=int, default=576, help="images for check 2 (1/8 of them val)")
     ap.add_argument("--epochs", type=int, default=3, help="K, epochs of both paths in check 2")
     ap.add_argument("--infer-n", type=int, default=256, help="images per batched inference pass")
