@@ -49,12 +49,13 @@ except ImportError:  # not installed into the interpreter: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
 from melanoma.config import FolderParams, Params, load_params, params_from_dict  # noqa: E402
+from melanoma.contracts import load_prepared, split_arrays  # noqa: E402
 from melanoma.evaluate import test_metrics  # noqa: E402
 from melanoma.ingest.importers import import_folder  # noqa: E402
 from melanoma.metrics import choose_threshold, grouped_bootstrap_ci, safe_auc  # noqa: E402
-from melanoma.prepare import load_prepared, prepare  # noqa: E402
+from melanoma.prepare import prepare  # noqa: E402
 from melanoma.split import split_frame  # noqa: E402
-from melanoma.train import fit_model, split_arrays  # noqa: E402
+from melanoma.train import fit_model  # noqa: E402
 
 DEFAULT_DATA = "../shared/datasets/kaggle-isic-malignant-vs-benign"
 MODELS = ("baseline", "cnn", "transfer")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.ingest.layout import write_raw_metadata
+from melanoma.contracts import write_raw_metadata
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import LICENSES, make_raw
 from melanoma.config import PrepareParams
+from melanoma.contracts import load_prepared, write_raw_metadata
 from melanoma.errors import DataError
-from melanoma.ingest.layout import write_raw_metadata
-from melanoma.prepare import load_prepared, prepare
+from melanoma.prepare import prepare
 
 PARAMS = PrepareParams(image_size=32, workers=2)
 

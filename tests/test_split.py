@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from melanoma.config import SplitParams
+from melanoma.contracts import write_splits
 from melanoma.errors import DataError
-from melanoma.split import group_keys, split_frame, split_indices, split_report, write_splits
+from melanoma.split import group_keys, split_frame, split_indices, split_report
 
 PARAMS = SplitParams(test_fraction=0.2, val_fraction=0.15, group_by=("patient_id", "lesion_id"))
 

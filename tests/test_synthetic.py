@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from melanoma.config import SyntheticParams
-from melanoma.ingest.layout import FIRST_COLUMNS
+from melanoma.contracts import FIRST_COLUMNS
 from melanoma.ingest.synthetic import MELANOMA_DX2, generate_synthetic
 
 SMALL = SyntheticParams(n_images=40, min_width=128, max_width=320)

@@ -100,8 +100,8 @@ def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_split(params: Params, args: argparse.Namespace) -> None:
-    from melanoma.prepare import load_prepared
-    from melanoma.split import split_frame, split_report, write_splits
+    from melanoma.contracts import load_prepared, write_splits
+    from melanoma.split import split_frame, split_report
 
     _, index = load_prepared(args.prepared)
     frames = split_frame(index, params.split, params.base.seed)
@@ -140,6 +140,7 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         PLOTS_DIR / args.model,
         params.evaluate,
         params.base.seed,
+        _tracking(params, Path.cwd()),
     )
 
 

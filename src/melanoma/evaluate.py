@@ -13,6 +13,14 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from melanoma import atomic
 from melanoma.config import EvaluateParams
+from melanoma.contracts import (
+    load_prepared,
+    load_splits,
+    model_fingerprint,
+    read_model_json,
+    split_arrays,
+    write_metrics,
+)
 from melanoma.metrics import (
     confusion_at,
     expected_calibration_error,
@@ -24,9 +32,8 @@ from melanoma.metrics import (
     sens_at_spec,
     spec_at_sens,
 )
-from melanoma.models import load_model, read_model_json
-from melanoma.prepare import load_prepared
-from melanoma.train import load_splits, split_arrays
+from melanoma.models import load_model
+from melanoma.tracking import Tracking, find_model_run
 
 log = logging.getLogger(__name__)
 CLASS_NAMES = {0: "not_melanoma", 1: "melanoma"}
@@ -192,8 +199,12 @@ def evaluate_model(
     plots_dir: Path,
     params: EvaluateParams,
     seed: int,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
-    """Score the test split; write metrics JSON and plot data; log to the training run in MLflow."""
+    """Score the test split; write metrics JSON and plot data; log to the training run in MLflow.
+
+    The training run is found by the model folder's content fingerprint (``tracking`` None: no logging).
+    """
     info = read_model_json(model_dir)
     model = load_model(model_dir)
     images, _ = load_prepared(prepared_dir)
@@ -215,7 +226,7 @@ def evaluate_model(
             tmp / "predictions.csv", index=False
         )
         save_figures(tmp, name, series, metrics)
-    atomic.write_json(metrics_path, result)
+    write_metrics(metrics_path, result)
     log.info(
         "evaluate@%s: test ROC AUC %.4f [%.4f, %.4f], sensitivity %.3f, specificity %.3f",
         name,
@@ -225,20 +236,26 @@ def evaluate_model(
         metrics["sensitivity"],
         metrics["specificity"],
     )
-    _log_to_mlflow(info, metrics, plots_dir)
+    if tracking is not None:
+        _log_to_mlflow(tracking, model_fingerprint(model_dir), metrics, plots_dir)
     return result
 
 
-def _log_to_mlflow(info: dict[str, Any], metrics: dict[str, Any], plots_dir: Path) -> None:
+def _log_to_mlflow(tracking: Tracking, fingerprint: str, metrics: dict[str, Any], plots_dir: Path) -> None:
     """Add test metrics and plots to the model's training run."""
     import mlflow
 
-    run = info.get("mlflow", {})
-    if not run.get("run_id"):
-        log.warning("model.json has no MLflow run id; test metrics were not logged to MLflow")
+    run_id = find_model_run(tracking, fingerprint)
+    if run_id is None:
+        log.warning(
+            "no MLflow run in %s (experiment %r) wrote this model (fingerprint %s); "
+            "test metrics were not logged to MLflow",
+            tracking.uri,
+            tracking.experiment,
+            fingerprint[:12],
+        )
         return
-    mlflow.set_tracking_uri(run["tracking_uri"])
-    with mlflow.start_run(run_id=run["run_id"]):
+    with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
         mlflow.log_artifacts(str(plots_dir), artifact_path="evaluation")
 

@@ -21,17 +21,13 @@ from tqdm import tqdm
 
 from melanoma import atomic
 from melanoma.config import PrepareParams
+from melanoma.contracts import IMAGES_DIR, index_image_files, read_metadata, write_prepared
 from melanoma.errors import DataError
 from melanoma.images import ImageDecodeError, load_resized
-from melanoma.ingest.layout import IMAGES_DIR, METADATA_CSV
 from melanoma.labels import BENIGN, MELANOMA, derive_labels
 
 log = logging.getLogger(__name__)
 
-ARRAY_FILE = "images.npy"
-INDEX_FILE = "index.csv"
-REPORT_FILE = "prepare_report.json"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 # Index columns carried over from metadata when present (first match wins for 'site').
 CARRIED = ("patient_id", "lesion_id", "age_approx", "sex", "copyright_license", "image_type")
 SITE_COLUMNS = ("anatom_site_1", "anatom_site_general", "anatom_site_general_challenge")
@@ -65,39 +61,6 @@ def _decode_one(task: tuple[str, int, str, bool]) -> Decoded:
     except (ImageDecodeError, OSError, ValueError, SyntaxError) as exc:
         return Decoded(sha1, len(data), 0, 0, None, str(exc).splitlines()[0][:300])
     return Decoded(sha1, len(data), width, height, array, None)
-
-
-def read_metadata(raw_dir: Path) -> pd.DataFrame:
-    """Read metadata.csv as strings (empty = missing); DataError if unusable."""
-    path = Path(raw_dir) / METADATA_CSV
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the ingest stage first (or check prepare's input folder)")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot be parsed as CSV: {exc}") from exc
-    if "isic_id" not in df.columns:
-        raise DataError(f"{path}: required column 'isic_id' is missing (columns: {', '.join(df.columns)})")
-    dup_ids = df["isic_id"][df["isic_id"].duplicated()].tolist()
-    if dup_ids:
-        raise DataError(f"{path}: isic_id repeated in several rows: {dup_ids[:5]}")
-    return df.sort_values("isic_id", kind="stable").reset_index(drop=True)
-
-
-def index_image_files(images_dir: Path) -> dict[str, Path]:
-    """Map file stem (isic_id) -> path for every image file in ``images_dir``."""
-    if not images_dir.is_dir():
-        raise DataError(f"{images_dir}: image folder is missing")
-    try:
-        entries = list(os.scandir(images_dir))
-    except OSError as exc:
-        raise DataError(f"{images_dir}: cannot list the image folder: {exc}") from exc
-    files: dict[str, Path] = {}
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            files[path.stem] = path
-    return files
 
 
 def _site(row: pd.Series) -> str:
@@ -170,9 +133,6 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
                 f"of {len(meta)} rows; {len(unlabeled)} unlabeled, {len(corrupt)} corrupt, "
                 f"{len(missing)} missing files): a classifier needs both classes"
             )
-        np.save(tmp / ARRAY_FILE, np.asarray(buffer[: len(kept_rows)]))
-        del buffer
-        (tmp / "buffer.npy").unlink()
 
         index = pd.DataFrame({"row": np.arange(len(kept)), "isic_id": kept["isic_id"]})
         index["label"] = kept["label"].astype(int)
@@ -183,7 +143,6 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
         index["site"] = kept.apply(_site, axis=1) if len(kept) else ""
         for col, values in extra.items():
             index[col] = values
-        index.to_csv(tmp / INDEX_FILE, index=False)
 
         seconds = time.perf_counter() - start
         report = {
@@ -201,8 +160,6 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
             "n_duplicates": len(duplicates),
             "n_orphan_images": len(orphans),
             "label_sources": kept["label_source"].value_counts().to_dict(),
-            "seconds": round(seconds, 2),
-            "images_per_second": round(len(tasks) / seconds, 1) if seconds > 0 else None,
             "unlabeled": unlabeled,
             "manipulated": manipulated,
             "missing_image": missing,
@@ -210,7 +167,10 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
             "duplicates": duplicates,
             "orphan_images": orphans,
         }
-        atomic.write_json(tmp / REPORT_FILE, report)
+        write_prepared(tmp, buffer[: len(kept_rows)], index, report)
+        del buffer
+        (tmp / "buffer.npy").unlink()
+    log.info("prepare: %.1f s (%.1f images/s)", seconds, len(tasks) / seconds if seconds > 0 else 0.0)
     log.info(
         "prepare: kept %d (%d melanoma); dropped %d unlabeled, %d corrupt, %d duplicate, %d missing",
         len(kept),
@@ -221,21 +181,3 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
         len(missing),
     )
     return report
-
-
-def load_prepared(prepared_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """Memory-map the image array and read the index of a prepared folder."""
-    prepared_dir = Path(prepared_dir)
-    array_path, index_path = prepared_dir / ARRAY_FILE, prepared_dir / INDEX_FILE
-    for p in (array_path, index_path):
-        if not p.is_file():
-            raise DataError(f"{p}: missing; run the prepare stage first")
-    images = np.load(array_path, mmap_mode="r")
-    index = pd.read_csv(
-        index_path, dtype={"isic_id": str, "patient_id": str, "lesion_id": str}, keep_default_na=False
-    )
-    if len(index) != len(images):
-        raise DataError(
-            f"{prepared_dir}: index has {len(index)} rows but the array holds {len(images)} images"
-        )
-    return images, index

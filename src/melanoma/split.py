@@ -12,16 +12,13 @@ greedy assignment instead (see ``split_indices``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from melanoma import atomic
 from melanoma.config import SplitParams
+from melanoma.contracts import SPLITS
 from melanoma.errors import DataError
-
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 def _present(value: object) -> str | None:
@@ -223,12 +220,3 @@ def split_report(frames: dict[str, pd.DataFrame]) -> dict:
         )
     report["group_overlap"] = 0
     return report
-
-
-def write_splits(out_dir: Path, frames: dict[str, pd.DataFrame], report: dict) -> None:
-    """Write out_dir/{train,val,test}.csv and out_dir/split_report.json, each atomically."""
-    out_dir = Path(out_dir)
-    for name in SPLITS:
-        with atomic.atomic_path(out_dir / f"{name}.csv") as tmp:
-            frames[name].to_csv(tmp, index=False)
-    atomic.write_json(out_dir / "split_report.json", report)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# Tag on a training run: the content hash of the model folder it wrote (contracts.model_fingerprint).
+FINGERPRINT_TAG = "model_fingerprint"
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,18 @@ def run_tags(tracking: Tracking, stage: str, data_hashes: dict[str, str]) -> dic
     return tags
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def find_model_run(tracking: Tracking, fingerprint: str) -> str | None:
+    """Id of the newest training run in the experiment that wrote a model with this fingerprint."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.uri)
+    exp = mlflow.MlflowClient().get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        return None
+    runs = mlflow.MlflowClient().search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.{FINGERPRINT_TAG} = '{fingerprint}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None

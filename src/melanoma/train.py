@@ -10,43 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from melanoma import atomic
 from melanoma.config import Params, flatten
+from melanoma.contracts import (
+    data_hashes,
+    load_prepared,
+    load_splits,
+    model_fingerprint,
+    split_arrays,
+    write_history,
+    write_model_json,
+)
 from melanoma.errors import DataError
 from melanoma.metrics import choose_threshold, confusion_at, rates, safe_ap, safe_auc
-from melanoma.models import MODEL_JSON, ImageClassifier
-from melanoma.prepare import ARRAY_FILE, load_prepared
-from melanoma.tracking import Tracking, file_sha256, run_tags, set_experiment
+from melanoma.models import ImageClassifier
+from melanoma.tracking import FINGERPRINT_TAG, Tracking, run_tags, set_experiment
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
-HISTORY_JSON = "history.json"
-
-
-def load_splits(splits_dir: Path) -> dict[str, pd.DataFrame]:
-    """Read train/val/test CSVs written by the split stage."""
-    frames = {}
-    for name in SPLITS:
-        path = Path(splits_dir) / f"{name}.csv"
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run the split stage first")
-        frames[name] = pd.read_csv(path, dtype={"isic_id": str}, keep_default_na=False)
-    return frames
-
-
-def split_arrays(images: np.ndarray, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Images (loaded into memory, in split order) and labels of one split."""
-    return np.asarray(images[frame["row"].to_numpy()]), frame["label"].to_numpy().astype(np.int64)
-
-
-def data_hashes(prepared_dir: Path, splits_dir: Path) -> dict[str, str]:
-    """Content hashes of the inputs: the lineage tags of a run and of model.json."""
-    out = {"images_sha256": file_sha256(Path(prepared_dir) / ARRAY_FILE)}
-    for name in SPLITS:
-        out[f"{name}_csv_sha256"] = file_sha256(Path(splits_dir) / f"{name}.csv")
-    return out
 
 
 def fit_model(
@@ -116,7 +97,8 @@ def train_model(
     """Train ``name`` on the prepared data and splits; write ``out_dir``; log one MLflow run.
 
     Under a multi-worker strategy every worker trains, but only the chief logs to MLflow.
-    Returns the content of ``model.json``.
+    Returns the content of ``model.json``, plus (on the chief) where MLflow keeps the run and model
+    under ``"mlflow"``: run ids stay out of the tracked file, which must be byte-reproducible.
     """
     import mlflow
 
@@ -179,7 +161,6 @@ def train_model(
             if params.train.target_sensitivity is None
             else f"sensitivity>={params.train.target_sensitivity}",
             "val": val_metrics,
-            "train_seconds": round(time.perf_counter() - start, 2),
             "n_train": int(len(y_train)),
             "n_val": int(len(y_val)),
             "data": hashes,
@@ -189,19 +170,18 @@ def train_model(
         with atomic.atomic_dir(out_dir) as tmp:
             model.save(tmp)
             if history is not None:
-                atomic.write_json(tmp / HISTORY_JSON, history)
-            atomic.write_json(tmp / MODEL_JSON, info)
+                write_history(tmp, history)
+            write_model_json(tmp, info)
             if chief:
-                info["mlflow"] = _log_run(
-                    run, experiment_id, tracking, model, info, val_metrics, threshold, tmp, x_val
-                )
-                atomic.write_json(tmp / MODEL_JSON, info)
+                # Timings and run ids go to MLflow only: model.json stays byte-reproducible.
+                mlflow.log_metric("train_seconds", round(time.perf_counter() - start, 2))
+                run_info = _log_run(run, tracking, model, info, val_metrics, threshold, tmp, x_val)
+                return {**info, "mlflow": run_info}
     return info
 
 
 def _log_run(
     run: Any,
-    experiment_id: str,
     tracking: Tracking,
     model: ImageClassifier,
     info: dict[str, Any],
@@ -220,6 +200,8 @@ def _log_run(
     for cand, auc in info.get("candidate_val_auc", {}).items():
         mlflow.log_metric(f"val_roc_auc.{cand}", auc)
     mlflow.set_tag("model_family", info["family"])
+    # Evaluation and the registry find this run by the model's content (see model_fingerprint).
+    mlflow.set_tag(FINGERPRINT_TAG, model_fingerprint(model_dir))
     if "weights" in info:
         mlflow.set_tag("weights", info["weights"])  # "random-init" when ImageNet weights were missing
         mlflow.log_param("transfer.weights_used", info["weights"])
@@ -232,9 +214,10 @@ def _log_run(
         signature=image_signature(),
         input_example=np.asarray(x_val[:1]),
     )
+    log.info("train: MLflow run %s, model %s (%s)", run.info.run_id, model_info.model_uri, tracking.uri)
     return {
         "run_id": run.info.run_id,
-        "experiment_id": experiment_id,
+        "experiment_id": run.info.experiment_id,
         "model_uri": model_info.model_uri,
         "tracking_uri": tracking.uri,
     }

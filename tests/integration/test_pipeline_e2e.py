@@ -14,6 +14,8 @@ import mlflow
 import pytest
 import yaml
 
+from melanoma.contracts import model_fingerprint
+
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -104,8 +106,11 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
     assert {"ingest", "prepare", "split", "train@baseline", "evaluate@baseline"} <= set(lock["stages"])
     assert lock["stages"]["train@baseline"]["params"]["params.yaml"]["base.seed"] == 42
 
-    info = json.loads((repo / "models/baseline/model.json").read_text())
-    run_ = mlflow.MlflowClient(mlflow_server).get_run(info["mlflow"]["run_id"])
+    fingerprint = model_fingerprint(repo / "models/baseline")
+    (run_,) = mlflow.MlflowClient(mlflow_server).search_runs(
+        [mlflow.MlflowClient(mlflow_server).get_experiment_by_name("melanoma-classification").experiment_id],
+        filter_string=f"tags.model_fingerprint = '{fingerprint}'",
+    )
     assert run_.data.tags["stage"] == "train@baseline"
     assert run_.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
     assert run_.data.metrics["test_roc_auc"] == pytest.approx(metrics["test"]["roc_auc"], abs=1e-5)

@@ -15,8 +15,9 @@ import yaml
 from conftest import make_raw
 from integration.conftest import free_port
 from melanoma.config import PrepareParams, SplitParams
-from melanoma.prepare import load_prepared, prepare
-from melanoma.split import split_frame, split_report, write_splits
+from melanoma.contracts import load_prepared, write_splits
+from melanoma.prepare import prepare
+from melanoma.split import split_frame, split_report
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,11 @@ import pytest
 
 from conftest import make_raw
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
+from melanoma.contracts import load_prepared, write_splits
 from melanoma.evaluate import evaluate_model
 from melanoma.models import load_model
-from melanoma.prepare import load_prepared, prepare
-from melanoma.split import split_frame, split_report, write_splits
+from melanoma.prepare import prepare
+from melanoma.split import split_frame, split_report
 from melanoma.tracking import Tracking, default_tracking_uri
 from melanoma.train import train_model
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from melanoma.config import ChallengeParams
+from melanoma.contracts import write_raw_metadata
 from melanoma.errors import DataError
 from melanoma.ingest.folder import (
     ImportItem,
@@ -54,7 +55,6 @@ from melanoma.ingest.folder import (
     site_general,
     write_items,
 )
-from melanoma.ingest.layout import write_raw_metadata
 
 log = logging.getLogger(__name__)
 

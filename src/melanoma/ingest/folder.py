@@ -73,10 +73,9 @@ from tqdm import tqdm
 
 from melanoma import atomic
 from melanoma.config import FolderParams
+from melanoma.contracts import IMAGE_SUFFIXES, IMAGES_DIR, write_raw_metadata
 from melanoma.errors import DataError
-from melanoma.ingest.layout import IMAGES_DIR, write_raw_metadata
 from melanoma.labels import LABEL_COLUMNS, derive_label
-from melanoma.prepare import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

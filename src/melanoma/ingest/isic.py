@@ -38,6 +38,15 @@ from tqdm import tqdm
 
 from melanoma import __version__
 from melanoma.config import IsicParams
+from melanoma.contracts import (
+    IMAGE_SUFFIXES,
+    IMAGES_DIR,
+    INGEST_REPORT,
+    ISIC_ID_RE,
+    LICENSES_DIR,
+    METADATA_CSV,
+    write_raw_metadata,
+)
 from melanoma.errors import ConfigError, DataError
 from melanoma.ingest.http import (
     DownloadResult,
@@ -52,20 +61,11 @@ from melanoma.ingest.http import (
     make_session,
     partial_files,
 )
-from melanoma.ingest.layout import (
-    IMAGES_DIR,
-    ISIC_ID_RE,
-    LICENSES_DIR,
-    METADATA_CSV,
-    REPORT_JSON,
-    write_raw_metadata,
-)
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # the server's maximum page size
 DEFAULT_SUFFIX = ".jpg"  # isic-cli's default when a file URL has no suffix
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 LICENSE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # becomes licenses/<lic>.txt
 SNAPSHOT_URL = "https://isic-archive.s3.us-east-1.amazonaws.com/snapshots/ISIC_images.zip"
 LICENSE_URLS = {
@@ -501,7 +501,7 @@ def download_isic(raw_dir: Path, params: IsicParams) -> dict[str, Any]:
 
         # From here on the folder changes: drop the old metadata/report first, so a killed run
         # leaves a folder that is visibly incomplete rather than a metadata.csv that lies.
-        for name in (METADATA_CSV, REPORT_JSON):
+        for name in (METADATA_CSV, INGEST_REPORT):
             (raw_dir / name).unlink(missing_ok=True)
         for p in stale:
             p.unlink(missing_ok=True)

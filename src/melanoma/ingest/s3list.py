@@ -46,10 +46,10 @@ from tqdm import tqdm
 
 from melanoma import atomic
 from melanoma.config import ChallengeParams
+from melanoma.contracts import IMAGE_SUFFIXES
 from melanoma.errors import DataError
 from melanoma.ingest import http
 from melanoma.ingest.folder import isic_id_from_name
-from melanoma.prepare import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from melanoma import atomic
 from melanoma.config import SyntheticParams
-from melanoma.ingest.layout import IMAGES_DIR, write_raw_metadata
+from melanoma.contracts import IMAGES_DIR, write_raw_metadata
 
 CANVAS = 256  # short side of the canvas the lesion is rendered on
 DELTA = 2.8  # latent separation melanoma vs benign (in units of the latent's SD)

@@ -6,15 +6,13 @@ input size, data hashes, ...). ``load_model`` reads any family's folder back.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from melanoma.contracts import MODEL_JSON, read_model_json
 from melanoma.errors import DataError
-
-MODEL_JSON = "model.json"
 
 
 class ImageClassifier(Protocol):
@@ -30,14 +28,6 @@ class ImageClassifier(Protocol):
     def save(self, out_dir: Path) -> None:
         """Write the model's own files into ``out_dir``."""
         ...
-
-
-def read_model_json(model_dir: Path) -> dict[str, Any]:
-    """Read ``model.json`` of a trained model folder."""
-    path = Path(model_dir) / MODEL_JSON
-    if not path.is_file():
-        raise DataError(f"{path}: missing; train this model first")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_model(model_dir: Path) -> ImageClassifier:
