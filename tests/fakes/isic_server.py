@@ -47,6 +47,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import random
 import re
 import signal
@@ -59,11 +60,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from PIL import Image, ImageDraw
+
+if __package__ in (None, ""):  # run as a script (the download benchmark starts it as a process)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fakes import LoopbackHTTPServer  # noqa: E402
 
 API = "/api/v2/"
 PAGE_MAX = 100
@@ -370,30 +375,9 @@ def make_images(n: int, seed: int = 0, legacy_every: int = 7, private: Iterable[
 # ---------------------------------------------------------------------------------------------- server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    fake: FakeIsicServer
+class FakeIsicServer(LoopbackHTTPServer):
+    thread_name = "fake-isic"
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that time out or get reset on purpose make writes fail; that is the point.
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real service
-    timeout = 30  # idle keep-alive connections do not hold a thread forever
-    disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms ACK stalls
-    server: _Server
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.server.fake._handle(self)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
-class FakeIsicServer:
     """The fake API in a background thread on 127.0.0.1 (port 0 = a free one); a context manager."""
 
     def __init__(
@@ -420,46 +404,10 @@ class FakeIsicServer:
         self.license_texts = dict(LICENSES)
         self._faults: dict[str, list[Fault]] = {}
         self._lock = threading.Lock()
-        self._port = port
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(port)
         self.reset_counters()
 
     # -- lifecycle
-
-    def start(self) -> FakeIsicServer:
-        httpd = _Server(("127.0.0.1", self._port), _Handler)
-        httpd.fake = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-isic", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeIsicServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return self._httpd.server_address[1]
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -540,7 +488,7 @@ class FakeIsicServer:
 
     # -- request handling
 
-    def _handle(self, h: _Handler) -> None:
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
         split = urlsplit(h.path)
         path = split.path
         params = dict(parse_qsl(split.query, keep_blank_values=True))
@@ -613,7 +561,12 @@ class FakeIsicServer:
         return "unknown", None
 
     def _send(
-        self, h: _Handler, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+        self,
+        h: BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        ctype: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         h.send_response(status)
         h.send_header("Content-Type", ctype)
@@ -625,7 +578,7 @@ class FakeIsicServer:
         with self._lock:
             self.bytes_served += len(body)
 
-    def _json(self, h: _Handler, status: int, obj: Any) -> None:
+    def _json(self, h: BaseHTTPRequestHandler, status: int, obj: Any) -> None:
         self._send(h, status, json.dumps(obj).encode(), "application/json")
 
     @staticmethod
@@ -635,7 +588,7 @@ class FakeIsicServer:
     def _visible(self) -> list[FakeImage]:
         return [im for im in self.images if im.public]  # anonymous callers see public images only
 
-    def _matching(self, h: _Handler, params: dict[str, str]) -> list[FakeImage] | None:
+    def _matching(self, h: BaseHTTPRequestHandler, params: dict[str, str]) -> list[FakeImage] | None:
         """Images matching ``query`` + ``collections``; None after an error answer was sent."""
         try:
             pred = parse_query(params.get("query", ""))
@@ -660,7 +613,7 @@ class FakeIsicServer:
 
     def _paginate(
         self,
-        h: _Handler,
+        h: BaseHTTPRequestHandler,
         params: dict[str, str],
         rows: list[Any],
         position: Callable[[Any], str],
@@ -716,14 +669,18 @@ class FakeIsicServer:
 
     # routes
 
-    def _r_search(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_search(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         images = self._matching(h, params)
         if images is not None:
             self._paginate(
                 h, params, images, lambda im: str(im.created), lambda im: self.image_json(im, origin), origin
             )
 
-    def _r_list(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_list(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         self._paginate(
             h,
             params,
@@ -733,13 +690,17 @@ class FakeIsicServer:
             origin,
         )
 
-    def _r_size(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_size(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         images = self._matching(h, params)
         if images is not None:
             size = sum(self.image_json(im, origin, consume=False)["files"]["full"]["size"] for im in images)
             self._json(h, 200, {"size": size})
 
-    def _r_image(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_image(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         im = self.by_id.get(key or "")
         if im is None or not im.public:
             self._json(h, 404, NOT_FOUND)
@@ -759,7 +720,9 @@ class FakeIsicServer:
             "doi_url": None,
         }
 
-    def _r_collections(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_collections(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         ids = sorted(cid for cid, c in self.collections.items() if c["public"])
         self._paginate(
             h,
@@ -770,7 +733,9 @@ class FakeIsicServer:
             origin,
         )
 
-    def _r_collection(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_collection(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         try:
             cid = int(key or "")
         except ValueError:
@@ -783,24 +748,32 @@ class FakeIsicServer:
         else:
             self._json(h, 200, self._collection_out(cid))
 
-    def _r_license(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_license(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         text = self.license_texts.get(key or "")
         if text is None:
             self._json(h, 404, NOT_FOUND)
         else:
             self._send(h, 200, text.encode(), "text/plain; charset=utf-8")
 
-    def _r_stats(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_stats(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         self._json(h, 200, self.stats())
 
-    def _r_thumbnail(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_thumbnail(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         im = self.by_id.get(key or "")
         if im is None:
             self._json(h, 404, NOT_FOUND)
         else:
             self._send(h, 200, im.thumbnail, "image/jpeg")
 
-    def _r_file(self, h: _Handler, key: str | None, params: dict[str, str], origin: str) -> None:
+    def _r_file(
+        self, h: BaseHTTPRequestHandler, key: str | None, params: dict[str, str], origin: str
+    ) -> None:
         im = self.by_id.get(key or "")
         if im is None or h.path.split("?")[0] != f"/files/images/{im.isic_id}{im.ext}":
             self._json(h, 404, NOT_FOUND)

@@ -18,10 +18,11 @@ import binascii
 import hashlib
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
+
+from fakes import LoopbackHTTPServer
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 LAST_MODIFIED = "2020-08-18T12:00:00.000Z"
@@ -31,7 +32,7 @@ def _x(text: str) -> str:
     return escape(text, {'"': "&quot;"})
 
 
-class FakeS3Bucket:
+class FakeS3Bucket(LoopbackHTTPServer):
     """A bucket of in-memory objects served over real HTTP; use as a context manager."""
 
     def __init__(
@@ -45,8 +46,7 @@ class FakeS3Bucket:
         self.gets: Counter[str] = Counter()
         self.list_calls: list[dict[str, str]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         for key, data in (objects or {}).items():
             self.put(key, data)
 
@@ -66,40 +66,9 @@ class FakeS3Bucket:
 
     # ------------------------------------------------------------------------------------- server
 
-    def start(self) -> FakeS3Bucket:
-        bucket = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                bucket._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet tests
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeS3Bucket:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() the bucket first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.origin
 
     # ----------------------------------------------------------------------------------- handlers
 
@@ -122,7 +91,7 @@ class FakeS3Bucket:
         ).encode()
         self._send(h, status, body, "application/xml")
 
-    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)
         if parts.path == "/":
             query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
