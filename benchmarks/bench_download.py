@@ -2,7 +2,7 @@
 
 The fake runs in its own process on 127.0.0.1 and adds ``--latency`` (default 50 ms) to every request,
 like a distant server; its images are small, so the time is dominated by round trips, which is what
-concurrency is for. Three runs of ``melanoma.ingest.isic.download_isic``, each into a fresh folder
+concurrency is for. Three runs of ``melanoma.sources.isic.download_isic``, each into a fresh folder
 unless resuming:
 
 * first run      concurrency 1, ``--n`` images (default 200) into folder A;
@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE = ROOT / "tests" / "fakes" / "isic_server.py"
 try:
     from melanoma.config import IsicParams
-    from melanoma.ingest.isic import download_isic
+    from melanoma.sources.isic import download_isic
 except ImportError:  # not installed into the interpreter: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
     from melanoma.config import IsicParams
-    from melanoma.ingest.isic import download_isic
+    from melanoma.sources.isic import download_isic
 
 TARGET_SPEEDUP = 10.0  # concurrency 16 vs 1, images/s in the download phase
 TARGET_RESUME = 0.05  # resume wall time / first run wall time

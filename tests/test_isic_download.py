@@ -30,8 +30,8 @@ from fakes.isic_server import LICENSES, FakeIsicServer, parse_query
 from melanoma.cli import main as cli_main
 from melanoma.config import IsicParams, Params
 from melanoma.errors import ConfigError, DataError
-from melanoma.ingest import http as mhttp
-from melanoma.ingest.isic import IsicApi, download_isic, file_suffix, validate_query
+from melanoma.sources import http as mhttp
+from melanoma.sources.isic import IsicApi, download_isic, file_suffix, validate_query
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

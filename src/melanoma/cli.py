@@ -61,7 +61,7 @@ def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
         with atomic.atomic_dir(args.out) as tmp:
             report = generate_synthetic(tmp, ing.synthetic, params.base.seed, ing.workers)
     elif ing.source == "isic":
-        from melanoma.ingest.isic import download_isic
+        from melanoma.sources.isic import download_isic
 
         # Downloads in place (each file atomically), so a killed run resumes where it stopped.
         report = download_isic(args.out, ing.isic)

@@ -8,7 +8,7 @@ isic-cli (shared/reference/isic_api.md §4, §7) it:
   ``next`` verbatim; rejects legacy ``diagnosis:`` queries and pre-checks collections like isic-cli;
 * checks free disk space against the archive's own size figure before downloading anything;
 * collects every download's result: an image that still fails after the retries of
-  ``melanoma.ingest.http`` is listed (with its reason) in ``report["failures"]``, never dropped;
+  ``melanoma.sources.http`` is listed (with its reason) in ``report["failures"]``, never dropped;
 * resumes: complete files (``st_size == files.full.size``) are skipped, others re-fetched; files
   are only ever renamed into place when complete; leftovers of a killed run are cleaned up, and
   images no longer in the listing are removed so ``images/`` mirrors the query;
@@ -48,7 +48,7 @@ from melanoma.contracts import (
     write_raw_metadata,
 )
 from melanoma.errors import ConfigError, DataError
-from melanoma.ingest.http import (
+from melanoma.sources.http import (
     DownloadResult,
     HttpError,
     RetryPolicy,
@@ -145,7 +145,7 @@ class Preflight:
 class IsicApi:
     """A client for the anonymous parts of the ISIC Archive API v2 (search, collections, licences).
 
-    All calls go through ``melanoma.ingest.http`` (retries, guarded redirects); ``stats`` tallies the
+    All calls go through ``melanoma.sources.http`` (retries, guarded redirects); ``stats`` tallies the
     retries. Use as a context manager, or call ``close``.
     """
 
