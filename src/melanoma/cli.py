@@ -36,17 +36,29 @@ def _quiet_third_parties() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _tracking(params: Params, repo_root: Path):  # noqa: ANN202 - avoids importing mlflow at startup
+def repo_root() -> Path:
+    """The user's repository: DVC's ``DVC_ROOT`` when a stage runs under DVC, else the current folder.
+
+    ``dvc exp run --temp`` and ``dvc queue`` run stages in a throwaway copy under ``.dvc/tmp/exps``
+    but point ``DVC_ROOT`` at the parent repository, so runs land in the store ``mlflow ui`` reads.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def _tracking(params: Params):  # noqa: ANN202 - avoids importing mlflow at startup
     from melanoma.tracking import Tracking, default_artifact_location, default_tracking_uri, git_commit
 
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    root = repo_root()
     return Tracking(
-        uri=env_uri or default_tracking_uri(repo_root),
+        uri=env_uri or default_tracking_uri(root),
         experiment=params.mlflow.experiment,
         # Only a local sqlite store needs an explicit artifact folder; a server decides its own.
-        artifact_location=None if env_uri else default_artifact_location(repo_root),
-        git_commit=git_commit(repo_root),
+        artifact_location=None if env_uri else default_artifact_location(root),
+        # The code that ran is the workspace's (an experiment's temp copy has its own commit).
+        git_commit=git_commit(Path.cwd()),
         dvc_exp_name=os.environ.get("DVC_EXP_NAME"),
+        dvc_exp_baseline_rev=os.environ.get("DVC_EXP_BASELINE_REV"),
     )
 
 
@@ -124,7 +136,7 @@ def cmd_train(params: Params, args: argparse.Namespace) -> None:
     out = args.out or MODELS_DIR / args.model
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))  # Keras' own cache convention
     train_model(
-        args.model, args.prepared, args.splits, out, params, _tracking(params, Path.cwd()), keras_home
+        args.model, args.prepared, args.splits, out, params, _tracking(params), keras_home
     )
 
 
@@ -140,7 +152,7 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         PLOTS_DIR / args.model,
         params.evaluate,
         params.base.seed,
-        _tracking(params, Path.cwd()),
+        _tracking(params),
     )
 
 

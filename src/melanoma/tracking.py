@@ -21,11 +21,12 @@ class Tracking:
     artifact_location: str | None = None  # only used when the experiment is created
     git_commit: str | None = None
     dvc_exp_name: str | None = None
+    dvc_exp_baseline_rev: str | None = None
 
 
 def default_tracking_uri(repo_root: Path) -> str:
-    """A sqlite file at the repository root, as an absolute path so that
-    ``dvc exp run --temp`` (which runs in a copy of the repo) still logs to it."""
+    """A sqlite file at the repository root, as an absolute path (the CLI passes the user's
+    repository, not an experiment's temporary copy of it)."""
     return f"sqlite:///{(Path(repo_root) / 'mlflow.db').resolve()}"
 
 
@@ -51,17 +52,28 @@ def git_commit(repo_root: Path) -> str | None:
 
 
 def set_experiment(tracking: Tracking) -> str:
-    """Point MLflow at the tracking URI and return the experiment id (created if needed)."""
+    """Point MLflow at the tracking URI and return the experiment id (created if needed).
+
+    Queued DVC experiments start at the same moment: when another process creates the experiment
+    between our lookup and our create, use the one it made.
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(tracking.uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(tracking.experiment)
-    if exp is None:
+    if exp is not None:
+        return exp.experiment_id
+    try:
         exp_id = client.create_experiment(tracking.experiment, artifact_location=tracking.artifact_location)
-        log.info("created MLflow experiment %r (%s) at %s", tracking.experiment, exp_id, tracking.uri)
-        return exp_id
-    return exp.experiment_id
+    except MlflowException:
+        exp = client.get_experiment_by_name(tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+    log.info("created MLflow experiment %r (%s) at %s", tracking.experiment, exp_id, tracking.uri)
+    return exp_id
 
 
 def run_tags(tracking: Tracking, stage: str, data_hashes: dict[str, str]) -> dict[str, str]:
@@ -71,7 +83,9 @@ def run_tags(tracking: Tracking, stage: str, data_hashes: dict[str, str]) -> dic
         tags["mlflow.source.git.commit"] = tracking.git_commit
         tags["git_commit"] = tracking.git_commit
     if tracking.dvc_exp_name:
-        tags["dvc_exp_name"] = tracking.dvc_exp_name
+        tags["dvc_exp_name"] = tracking.dvc_exp_name  # groups the runs of one sweep in the MLflow UI
+    if tracking.dvc_exp_baseline_rev:
+        tags["dvc_exp_baseline_rev"] = tracking.dvc_exp_baseline_rev
     tags.update({f"data.{k}": v for k, v in data_hashes.items()})
     return tags
 

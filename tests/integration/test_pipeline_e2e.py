@@ -8,17 +8,21 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 
+from integration.stage_deps import lock_deps, missing_deps, read_traces
 from melanoma.contracts import model_fingerprint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+TRACE = Path(__file__).parent / "trace"
 
 TINY = {
     "ingest": {
@@ -32,6 +36,8 @@ TINY = {
         }
     },
     "prepare": {"image_size": 32},
+    "train": {"epochs": 3},
+    "transfer": {"head_epochs": 3},
     "split": {"test_fraction": 0.25, "val_fraction": 0.25},
     "baseline": {"candidates": ["logistic_regression", "gradient_boosting"], "n_estimators": 20},
     "evaluate": {"bootstrap": 50},
@@ -58,6 +64,45 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> s
     return proc
 
 
+def wait_queue(repo: Path, env: dict[str, str], names: list[str], timeout: float = 900) -> None:
+    """Wait until DVC's queue has no queued or running experiment; fail on a failed one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run([str(BIN / "dvc"), "queue", "status"], repo, env).stdout
+        if "Failed" in status:
+            logs = [
+                subprocess.run(
+                    [str(BIN / "dvc"), "queue", "logs", n], cwd=repo, env=env, capture_output=True, text=True
+                ).stdout
+                for n in names
+            ]
+            pytest.fail(f"a queued experiment failed:\n{status}\n" + "\n".join(x[-3000:] for x in logs))
+        if "Queued" not in status and "Running" not in status:
+            return
+        time.sleep(3)
+    pytest.fail(f"the DVC queue did not finish in {timeout}s:\n{status}")
+
+
+def assert_experiment_runs(repo: Path, expected: dict[str, int]) -> None:
+    """Each experiment's baseline run is in the repository's mlflow.db, tagged and with a loadable model."""
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    (exp,) = client.search_experiments(filter_string="name = 'melanoma-classification'")
+    for name, n_estimators in expected.items():
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.dvc_exp_name = '{name}' and tags.stage = 'train@baseline'",
+        )
+        assert len(runs) == 1, f"experiment {name}: {len(runs)} baseline runs in {repo / 'mlflow.db'}"
+        (r,) = runs
+        assert r.data.params["baseline.n_estimators"] == str(n_estimators)
+        assert r.data.tags["dvc_exp_baseline_rev"]
+        assert "test_roc_auc" in r.data.metrics, f"experiment {name}: evaluate did not find its run"
+        mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model(f"runs:/{r.info.run_id}/model")
+        prob = model.predict(np.zeros((1, 40, 50, 3), np.uint8))
+        assert np.all((np.asarray(prob) >= 0) & (np.asarray(prob) <= 1))
+
+
 def deep_update(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         base[k] = deep_update(base.get(k, {}), v) if isinstance(v, dict) else v
@@ -82,7 +127,10 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run(cmd, repo, env)
 
-    first = run([str(BIN / "dvc"), "repro"], repo, env)
+    # Every stage's process records the project modules it loads (trace/sitecustomize.py).
+    traces = tmp_path / "traces"
+    traced_env = {**env, "PYTHONPATH": str(TRACE), "MELANOMA_TRACE_DIR": str(traces)}
+    first = run([str(BIN / "dvc"), "repro"], repo, traced_env)
     for path in (
         "data/raw/metadata.csv",
         "data/raw/ingest_report.json",
@@ -124,6 +172,41 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
     assert "Data and pipelines are up to date" in second.stdout + second.stderr
     status = run([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in status.stdout
+
+    # dvc.yaml deps cover every project file each stage's command really loaded.
+    deps = lock_deps(lock)
+    loaded = read_traces(traces, REPO)
+    assert set(loaded) == set(deps), f"stages traced {sorted(loaded)} vs locked {sorted(deps)}"
+    assert missing_deps(deps, loaded) == []
+    # ... and the check does catch a dep removed from dvc.yaml.
+    deps["train@cnn"] = [d for d in deps["train@cnn"] if d != "src/melanoma/models/cnn.py"]
+    assert "src/melanoma/models/cnn.py" in loaded["train@cnn"]
+    assert missing_deps(deps, loaded) == ["train@cnn: src/melanoma/models/cnn.py"]
+
+    # Byte-reproducible outputs: re-running ingest gives the same data/raw, so nothing downstream reruns.
+    run([str(BIN / "dvc"), "repro", "-f", "ingest"], repo, env)
+    relock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert relock["stages"]["ingest"]["outs"] == lock["stages"]["ingest"]["outs"]
+    third = run([str(BIN / "dvc"), "repro"], repo, env)
+    assert "Data and pipelines are up to date" in third.stdout + third.stderr, third.stdout[-3000:]
+
+    # Experiments with no MLFLOW_TRACKING_URI: a --temp run and two queued jobs at once all log to
+    # the repository's own store (not to DVC's throwaway copies), tagged with their experiment name.
+    local = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    run(
+        [str(BIN / "dvc"), "exp", "run", "--temp", "-n", "tmpexp", "-S", "baseline.n_estimators=11"],
+        repo,
+        local,
+    )
+    for name, n in (("queued1", 12), ("queued2", 13)):
+        run(
+            [str(BIN / "dvc"), "exp", "run", "--queue", "-n", name, "-S", f"baseline.n_estimators={n}"],
+            repo,
+            local,
+        )
+    run([str(BIN / "dvc"), "queue", "start", "-j", "2"], repo, local)
+    wait_queue(repo, local, ["queued1", "queued2"])
+    assert_experiment_runs(repo, {"tmpexp": 11, "queued1": 12, "queued2": 13})
 
 
 def test_bad_params_stop_the_pipeline_before_any_work(tmp_path: Path) -> None:
