@@ -57,6 +57,7 @@ def test_train_and_evaluate_log_one_run_with_a_loadable_model(
         tmp_path / "plots",
         params.evaluate,
         0,
+        tracking,
     )
     assert result["test"]["roc_auc"] > 0.8
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
