@@ -1,7 +1,7 @@
 """Model quality on a real folder dataset, through the pipeline's own code, end to end.
 
     import_folder (into a temp raw dir) -> prepare -> split_frame -> fit_model (baseline, cnn,
-    transfer) -> threshold on val (choose_threshold) -> test metrics (test_metrics, bootstrap CI)
+    transfer) -> threshold on val (choose_threshold) -> test metrics (score_metrics, bootstrap CI)
 
 Params are ``melanoma.config.Params()`` (the code defaults, not params.yaml) unless ``--params FILE``
 is given; ``--epochs`` caps the deep models' epochs (train.epochs) for time and ``--set KEY=VALUE``
@@ -50,7 +50,7 @@ except ImportError:  # not installed into the interpreter: use the source tree
 
 from melanoma.config import FolderParams, Params, load_params, params_from_dict  # noqa: E402
 from melanoma.contracts import load_prepared, split_arrays  # noqa: E402
-from melanoma.evaluate import test_metrics  # noqa: E402
+from melanoma.evaluate import score_metrics  # noqa: E402
 from melanoma.ingest.importers import import_folder  # noqa: E402
 from melanoma.metrics import choose_threshold, grouped_bootstrap_ci, safe_auc  # noqa: E402
 from melanoma.prepare import prepare  # noqa: E402
@@ -124,7 +124,7 @@ def run_model(
     threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
     p_test = model.predict_proba(x_te).astype(np.float64)
     predict_seconds = time.perf_counter() - t1
-    metrics = test_metrics(y_te, p_test, groups, threshold, params.evaluate, seed)
+    metrics = score_metrics(y_te, p_test, groups, threshold, params.evaluate, seed)
     history = info.pop("history", None)
     return {
         "val_roc_auc": safe_auc(y_val, p_val),

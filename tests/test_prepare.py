@@ -98,3 +98,13 @@ def test_output_is_deterministic_across_worker_counts(raw_dir: Path, tmp_path: P
     prepare(raw_dir, tmp_path / "b", PrepareParams(image_size=24, workers=2))
     assert (tmp_path / "a" / "images.npy").read_bytes() == (tmp_path / "b" / "images.npy").read_bytes()
     assert (tmp_path / "a" / "index.csv").read_text() == (tmp_path / "b" / "index.csv").read_text()
+
+
+def test_a_second_run_writes_byte_identical_files(raw_dir: Path, tmp_path: Path) -> None:
+    # The prepared folder is a DVC output: identical bytes on rerun keep every later stage up to date.
+    prepare(raw_dir, tmp_path / "a", PARAMS)
+    prepare(raw_dir, tmp_path / "b", PARAMS)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["images.npy", "index.csv", "prepare_report.json"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

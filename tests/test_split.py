@@ -212,3 +212,11 @@ def test_write_splits(tmp_path: Path, frames: dict[str, pd.DataFrame]) -> None:
         assert back["isic_id"].tolist() == frame["isic_id"].tolist()
         assert back["group"].tolist() == frame["group"].tolist()
     assert json.loads((out / "split_report.json").read_text()) == report
+
+
+def test_split_twice_gives_byte_identical_files(tmp_path: Path, index: pd.DataFrame) -> None:
+    for out in ("a", "b"):
+        frames = split_frame(index.copy(), PARAMS, seed=42)
+        write_splits(tmp_path / out, frames, split_report(frames))
+    for name in ("train.csv", "val.csv", "test.csv", "split_report.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -53,7 +53,7 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def test_metrics(
+def score_metrics(
     y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: float, params: EvaluateParams, seed: int
 ) -> dict[str, Any]:
     """All scalar test metrics, with patient-grouped bootstrap CIs for ROC AUC and PR AUC."""
@@ -213,7 +213,7 @@ def evaluate_model(
     prob = model.predict_proba(x).astype(np.float64)
     groups = test["group"].astype(str).to_numpy() if "group" in test else test["isic_id"].to_numpy()
     threshold = float(info["threshold"])
-    metrics = test_metrics(y, prob, groups, threshold, params, seed)
+    metrics = score_metrics(y, prob, groups, threshold, params, seed)
     series = plot_data(y, prob, threshold, params.calibration_bins)
     subgroups = subgroup_metrics(test, y, prob, threshold)
     result = _clean({"model": name, "test": metrics, "val": info.get("val", {})})

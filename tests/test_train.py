@@ -1,0 +1,111 @@
+"""train.py: one model trained on prepared data and splits, a byte-reproducible model folder, one MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import make_raw
+from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
+from melanoma.contracts import (
+    MODEL_JSON,
+    data_hashes,
+    load_prepared,
+    model_fingerprint,
+    write_splits,
+)
+from melanoma.errors import DataError
+from melanoma.prepare import prepare
+from melanoma.split import split_frame, split_report
+from melanoma.tracking import FINGERPRINT_TAG, Tracking, find_model_run
+from melanoma.train import logged_params, train_model
+
+PARAMS = Params(
+    prepare=PrepareParams(image_size=24, workers=1),
+    split=SplitParams(test_fraction=0.25, val_fraction=0.25),
+    baseline=BaselineParams(candidates=("logistic_regression",)),
+    evaluate=EvaluateParams(bootstrap=20),
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train")
+    make_raw(root / "raw", n=48, pos_every=3)
+    prepare(root / "raw", root / "prepared", PARAMS.prepare)
+    _, index = load_prepared(root / "prepared")
+    frames = split_frame(index, PARAMS.split, PARAMS.base.seed)
+    write_splits(root / "splits", frames, split_report(frames))
+    return root / "prepared", root / "splits"
+
+
+def local_tracking(root: Path) -> Tracking:
+    return Tracking(
+        uri=f"sqlite:///{root / 'mlflow.db'}",
+        experiment="unit",
+        artifact_location=(root / "artifacts").as_uri(),
+        dvc_exp_name="sweep-1",
+        dvc_exp_baseline_rev="0" * 40,
+    )
+
+
+def test_model_folder_is_byte_reproducible_and_run_found_by_content(data, tmp_path: Path) -> None:
+    prepared, splits = data
+    tracking = local_tracking(tmp_path)
+    first = train_model("baseline", prepared, splits, tmp_path / "a", PARAMS, tracking)
+    second = train_model("baseline", prepared, splits, tmp_path / "b", PARAMS, tracking)
+
+    files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    assert files_a == files_b and Path(MODEL_JSON) in files_a
+    for rel in files_a:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+    # No timings or run ids in the tracked file; they live in MLflow.
+    info = json.loads((tmp_path / "a" / MODEL_JSON).read_text())
+    assert "mlflow" not in info and not any("seconds" in k for k in info)
+    assert info["data"] == data_hashes(prepared, splits)
+    assert first["mlflow"]["run_id"] != second["mlflow"]["run_id"]
+
+    fingerprint = model_fingerprint(tmp_path / "a")
+    assert fingerprint == model_fingerprint(tmp_path / "b")
+    # The newest run that wrote this content is the one evaluation logs to.
+    assert find_model_run(tracking, fingerprint) == second["mlflow"]["run_id"]
+    run = mlflow.MlflowClient(tracking.uri).get_run(first["mlflow"]["run_id"])
+    assert run.data.tags[FINGERPRINT_TAG] == fingerprint
+    assert run.data.tags["dvc_exp_name"] == "sweep-1"
+    assert run.data.tags["dvc_exp_baseline_rev"] == "0" * 40
+    assert run.data.metrics["train_seconds"] > 0
+
+
+def test_an_unknown_fingerprint_finds_no_run(tmp_path: Path) -> None:
+    tracking = local_tracking(tmp_path)
+    assert find_model_run(tracking, "f" * 64) is None  # no experiment yet
+
+
+def test_a_one_class_split_is_a_clear_error(data, tmp_path: Path) -> None:
+    prepared, splits = data
+    one_class = tmp_path / "splits"
+    one_class.mkdir()
+    for name in ("train", "val", "test"):
+        frame = pd.read_csv(splits / f"{name}.csv", dtype={"isic_id": str})
+        (frame[frame["label"] == 0] if name == "val" else frame).to_csv(
+            one_class / f"{name}.csv", index=False
+        )
+    with pytest.raises(DataError, match="val split has only one class"):
+        train_model("baseline", prepared, one_class, tmp_path / "m", PARAMS, local_tracking(tmp_path))
+    assert not (tmp_path / "m").exists()
+
+
+def test_logged_params_hold_what_the_model_depends_on() -> None:
+    base = logged_params("baseline", PARAMS)
+    assert base["baseline.candidates"] == "logistic_regression"
+    assert "train.epochs" not in base and "train.target_sensitivity" in base
+    assert "cnn.filters" not in base
+    cnn = logged_params("cnn", PARAMS)
+    assert {"train.epochs", "cnn.filters", "prepare.image_size", "base.seed"} <= set(cnn)
+    assert not any(k.startswith("baseline.") for k in cnn)
