@@ -2,12 +2,15 @@
 
 import numpy as np
 import pytest
+from sklearn.metrics import auc, roc_curve
 
 from melanoma.metrics import (
     choose_threshold,
     confusion_at,
     expected_calibration_error,
     grouped_bootstrap_ci,
+    partial_auc_above_tpr,
+    pauc_80,
     rates,
     safe_auc,
     sens_at_spec,
@@ -64,3 +67,58 @@ def test_grouped_bootstrap_ci_contains_estimate_and_is_wider_for_clustered_data(
 
 def test_single_class_auc_is_nan() -> None:
     assert np.isnan(safe_auc(np.zeros(5), np.linspace(0, 1, 5)))
+
+
+def test_target_sensitivity_picks_the_highest_threshold_reaching_it() -> None:
+    # Three positives in a row (0.9, 0.8, 0.7) lie on one vertical ROC segment: the threshold 0.8
+    # reaches sensitivity 2/3 and must not be skipped for 0.7.
+    y = np.array([0, 1, 1, 1, 0, 0])
+    p = np.array([0.95, 0.9, 0.8, 0.7, 0.2, 0.1])
+    assert choose_threshold(y, p, target_sensitivity=0.6) == 0.8
+    assert choose_threshold(y, p, target_sensitivity=2 / 3) == 0.8
+    assert choose_threshold(y, p, target_sensitivity=0.7) == 0.7
+    assert choose_threshold(y, p, target_sensitivity=0.3) == 0.9
+    # Brute force on noisy data: no higher score reaches the target.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.round(np.clip(y * 0.2 + rng.normal(0.4, 0.2, 300), 0, 1), 2)  # rounding makes ties
+    for target in (0.5, 0.8, 0.9, 0.95):
+        t = choose_threshold(y, p, target_sensitivity=target)
+        reaching = [s for s in np.unique(p) if (p[y == 1] >= s).mean() >= target]
+        assert t == max(reaching)
+
+
+def isic2024_pauc(y: np.ndarray, p: np.ndarray, min_tpr: float = 0.8) -> float:
+    """The ISIC 2024 challenge's own scoring recipe (labels and scores flipped, sklearn auc)."""
+    max_fpr = 1 - min_tpr
+    fpr, tpr, _ = roc_curve(1 - y, -p)
+    stop = np.searchsorted(fpr, max_fpr, "right")
+    tpr = np.append(tpr[:stop], np.interp(max_fpr, [fpr[stop - 1], fpr[stop]], [tpr[stop - 1], tpr[stop]]))
+    fpr = np.append(fpr[:stop], max_fpr)
+    return float(auc(fpr, tpr))
+
+
+def test_partial_auc_hand_computed_perfect_and_random() -> None:
+    # ROC points (0,0) (0,.5) (.5,.5) (.5,1) (1,1): above TPR 0.8 only FPR .5..1 at TPR 1 -> 0.5 * 0.2.
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8])
+    assert pauc_80(y, p) == pytest.approx(0.1)
+    # One diagonal segment crossing the 0.8 floor (all scores tied): the triangle 0.2 * 0.2 / 2.
+    assert pauc_80(np.array([0, 1, 0, 1]), np.full(4, 0.5)) == pytest.approx(0.02)
+    assert pauc_80(y, y.astype(float)) == pytest.approx(0.2)
+    assert pauc_80(y, 1.0 - y) == pytest.approx(0.0)
+    assert partial_auc_above_tpr(y, y.astype(float), 0.0) == pytest.approx(1.0)  # floor 0: full AUC
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 20_000)
+    assert pauc_80(y, rng.random(20_000)) == pytest.approx(0.02, abs=0.003)
+    assert np.isnan(pauc_80(np.ones(4), np.linspace(0, 1, 4)))
+
+
+def test_partial_auc_matches_the_isic_2024_recipe_and_bootstraps() -> None:
+    rng = np.random.default_rng(2)
+    for n in (30, 200):
+        y = rng.integers(0, 2, n)
+        p = np.round(np.clip(y * 0.3 + rng.normal(0.4, 0.25, n), 0, 1), 1)  # ties -> diagonal segments
+        assert pauc_80(y, p) == pytest.approx(isic2024_pauc(y, p), abs=1e-12)
+    lo, hi = grouped_bootstrap_ci(y, p, np.arange(n), pauc_80, 200, 0.95, 0)
+    assert 0 <= lo < pauc_80(y, p) < hi <= 0.2

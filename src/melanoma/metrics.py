@@ -14,7 +14,9 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, target_sensitivity: f
     ``target_sensitivity`` None: the threshold maximising Youden's J (sensitivity + specificity - 1);
     otherwise the highest threshold whose sensitivity reaches the target (best specificity there).
     """
-    fpr, tpr, thr = roc_curve(y_true, prob)
+    # Every distinct score is a candidate threshold: the default drop_intermediate=True drops the
+    # collinear points of a run of positives, and with them the highest threshold reaching the target.
+    fpr, tpr, thr = roc_curve(y_true, prob, drop_intermediate=False)
     thr = np.clip(thr, 0.0, 1.0)  # roc_curve's first threshold is +inf
     if target_sensitivity is None:
         best = int(np.argmax(tpr - fpr))
@@ -102,6 +104,35 @@ def reliability(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> list[di
 def safe_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
     """ROC AUC, or NaN when only one class is present."""
     return float(roc_auc_score(y_true, prob)) if len(np.unique(y_true)) == 2 else float("nan")
+
+
+def partial_auc_above_tpr(y_true: np.ndarray, prob: np.ndarray, min_tpr: float = 0.8) -> float:
+    """Area of the ROC curve above ``min_tpr`` sensitivity (the ISIC 2024 challenge metric).
+
+    The integral over FPR of max(TPR - min_tpr, 0) along the piecewise-linear ROC curve, so its
+    range is [0, 1 - min_tpr]: 0.2 for a perfect classifier and 0.02 for a random one at 0.8.
+    NaN when only one class is present. Usable as ``grouped_bootstrap_ci``'s metric.
+    """
+    if len(np.unique(y_true)) != 2:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y_true, prob)
+    area = 0.0
+    for x0, x1, y0, y1 in zip(fpr[:-1], fpr[1:], tpr[:-1], tpr[1:], strict=True):
+        if x1 == x0 or max(y0, y1) <= min_tpr:
+            continue  # vertical steps add no area; segments wholly below the floor neither
+        if min(y0, y1) >= min_tpr:
+            area += (x1 - x0) * ((y0 + y1) / 2 - min_tpr)
+        else:
+            # The segment crosses the floor (ties between classes): only the triangle above counts.
+            lo, hi = (y0, y1) if y0 < y1 else (y1, y0)
+            width = (x1 - x0) * (hi - min_tpr) / (hi - lo)
+            area += width * (hi - min_tpr) / 2
+    return float(area)
+
+
+def pauc_80(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Partial ROC AUC above 80% sensitivity (range 0-0.2), for ``grouped_bootstrap_ci``."""
+    return partial_auc_above_tpr(y_true, prob, 0.8)
 
 
 def safe_ap(y_true: np.ndarray, prob: np.ndarray) -> float:
