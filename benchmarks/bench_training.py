@@ -18,12 +18,23 @@ Three checks on synthetic 100x100 uint8 lesion-like images (no dependency on any
                    whole K epochs with the one-off feature pass included. Target: per-epoch >= 5x.
 3. inference       ``predict_proba`` of the baseline, the default CNN and VGG16-transfer: images/s
                    in batches of 128 and p50 latency of one image. Context only, no target.
+4. augmentation    One batch of 64 at 100x100 through the flips/rotations and through the whole
+                   default ``augment_batch``: the old way (every flip and rotation computed for every
+                   image, then ``tf.where``; kept here as the reference) vs the pipeline's (one of the
+                   dihedral symmetries per image, on uint8 before the cast). CPU ms per batch, best
+                   of ``--repeat``; ratio old / new. Target: >= 2x on the flips/rotations.
+5. op determinism  Training epoch time of the default CNN through ``fit_loop`` (augmentation on,
+                   ``--det-n`` images, ``--det-epochs`` epochs) with TensorFlow's op determinism on
+                   vs off, each in a fresh child process (the switch is process-wide), alternated,
+                   best steady epoch of ``--repeat`` children each. Context: the price of
+                   byte-reproducible models; no target.
 
 Absolute times are printed as context only: the machine may be shared, so each timed pass also
 records how many cores OTHER processes used meanwhile (from ``/proc/stat``); a verdict drawn from a
 pass where they used more than 0.25 cores is flagged "not clean".
 
     .venv/bin/python benchmarks/bench_training.py [--n 1024] [--steps 20] [--repeat 3] [--json OUT]
+        [--only pipeline,cached,inference,augment,determinism]
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -59,10 +71,16 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from melanoma.config import AugmentParams, BaselineParams, CnnParams, TrainParams, TransferParams  # noqa: E402
-from melanoma.data import make_dataset  # noqa: E402
+from melanoma.data import augment_batch, make_dataset  # noqa: E402
 from melanoma.models.baseline import fit_baseline  # noqa: E402
 from melanoma.models.cnn import build_cnn  # noqa: E402
-from melanoma.models.keras_model import KerasClassifier, compile_for, fit_loop  # noqa: E402
+from melanoma.models.keras_model import (  # noqa: E402
+    KerasClassifier,
+    LoopSettings,
+    compile_for,
+    fit_loop,
+    seed_everything,
+)
 from melanoma.models.transfer import (  # noqa: E402
     BACKBONES,
     WeightsChoice,
@@ -71,6 +89,7 @@ from melanoma.models.transfer import (  # noqa: E402
     compute_features,
     feature_extractor,
     fit_head,
+    head_settings,
 )
 
 warnings.filterwarnings("ignore", message="`shuffle=True` was passed")  # fit on a tf.data.Dataset
@@ -80,6 +99,8 @@ BATCH = 64
 PREDICT_BATCH = 128
 TARGET_PIPELINE = 0.9  # pipeline / in-memory training throughput
 TARGET_CACHED = 5.0  # naive epoch / cached-feature epoch
+SECTIONS = ("pipeline", "cached", "inference", "augment", "determinism")
+TARGET_AUGMENT = 2.0  # old all-transforms / one-transform flips and rotations, CPU per batch
 
 
 # --------------------------------------------------------------------------- data
@@ -306,6 +327,7 @@ def bench_cached(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> tupl
     )
     tparams = TransferParams(head_epochs=k)
     train = TrainParams(early_stopping_patience=k + 1)  # every one of the K epochs runs
+    head_loop = head_settings(LoopSettings.from_params(train, args.seed, deterministic=False), tparams)
     strategy = tf.distribute.get_strategy()
     keras.utils.set_random_seed(args.seed)
     choice = WeightsChoice(None, None, "random-init", "benchmark")
@@ -329,7 +351,7 @@ def bench_cached(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> tupl
     cached = Pass()
     with measured(cached):
         t0 = time.perf_counter()
-        fit_head(head, f_tr, y_tr, f_val, y_val, tparams, train, args.seed, lambda m, s: stamps.append(time.perf_counter()))  # fmt: skip
+        fit_head(head, f_tr, y_tr, f_val, y_val, head_loop, on_epoch=lambda m, s: stamps.append(time.perf_counter()))  # fmt: skip
     cached_epochs = epoch_times(t0, stamps)
 
     # Naive: the same head on the frozen backbone, trained on images (fit_loop, no augmentation).
@@ -341,8 +363,7 @@ def bench_cached(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> tupl
     with measured(naive), quiet():
         t0 = time.perf_counter()
         fit_loop(
-            naive_model, x_tr, y_tr, x_val, y_val, train, epochs=k, lr=tparams.head_learning_rate,
-            seed=args.seed, phase="naive", strategy=strategy, augment=False,
+            naive_model, x_tr, y_tr, x_val, y_val, head_loop, strategy=strategy, phase="naive",
             on_epoch=lambda m, s: stamps.append(time.perf_counter()),
         )  # fmt: skip
     naive_epochs = epoch_times(t0, stamps)
@@ -464,6 +485,153 @@ def bench_inference(
     return out
 
 
+# --------------------------------------------------------------------------- 4. augmentation
+
+
+def augment_all_transforms(images: tf.Tensor, seed: tf.Tensor, params: AugmentParams) -> tf.Tensor:
+    """The reference: the pipeline's augmentation before the one-transform change. Every flip and
+    rotation is computed for the whole batch and ``tf.where`` keeps it or not, image by image."""
+    x = tf.cast(images, tf.float32)
+    shape = tf.shape(x)
+    b, size = shape[0], shape[1]
+    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    if params.flip:
+        lr = tf.random.stateless_uniform([b, 1, 1, 1], seeds[0]) < 0.5
+        ud = tf.random.stateless_uniform([b, 1, 1, 1], seeds[1]) < 0.5
+        x = tf.where(lr, tf.reverse(x, axis=[2]), x)
+        x = tf.where(ud, tf.reverse(x, axis=[1]), x)
+    if params.rotate90:
+        rot = tf.random.stateless_uniform([b, 1, 1, 1], seeds[2]) < 0.5
+        x = tf.where(rot, tf.reverse(tf.transpose(x, [0, 2, 1, 3]), axis=[2]), x)
+    if params.zoom > 0:
+        frac = 1.0 - tf.random.stateless_uniform([b], seeds[3], 0.0, params.zoom)
+        off = tf.random.stateless_uniform([b, 2], seeds[4]) * (1.0 - frac)[:, None]
+        boxes = tf.concat([off, off + frac[:, None]], axis=1)
+        x = tf.image.crop_and_resize(x, boxes, tf.range(b), tf.stack([size, size]))
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def bench_augment(x: np.ndarray, args: argparse.Namespace) -> dict:
+    batch = tf.constant(x[:BATCH])
+    geometric = AugmentParams(zoom=0.0)  # flips and rotations only
+    default = AugmentParams()
+    print(
+        f"\n== 4. augmentation: one batch of {BATCH} at {SIZE}x{SIZE} (uint8 in, float32 out), "
+        f"{args.aug_iters} calls per pass, best of {args.repeat}; CPU ms per batch (wall in brackets)"
+    )
+    variants = {
+        "flips+rotations, all transforms": (augment_all_transforms, geometric),
+        "flips+rotations, one per image": (augment_batch, geometric),
+        "default augment, all transforms": (augment_all_transforms, default),
+        "default augment, one per image": (augment_batch, default),
+    }
+    fns = {k: tf.function(lambda b, s, f=f, p=p: f(b, s, p)) for k, (f, p) in variants.items()}
+    for fn in fns.values():  # trace and warm up
+        for i in range(3):
+            fn(batch, tf.constant([args.seed, i], tf.int64)).numpy()
+    best = {k: Pass() for k in fns}
+    for _ in range(args.repeat):
+        for name, fn in fns.items():  # interleaved, so load hits every variant alike
+            p = Pass()
+            c0 = time.process_time()
+            with measured(p):
+                for i in range(args.aug_iters):
+                    fn(batch, tf.constant([args.seed, i], tf.int64)).numpy()
+            p.value = 1000 * (time.process_time() - c0) / args.aug_iters  # CPU ms per batch
+            if p.value < best[name].value or best[name].value == 0.0:
+                best[name] = p
+    print(f"   {'variant':<36}{'CPU ms':>8}{'wall ms':>9}{'other load':>12}")
+    for name, p in best.items():
+        print(f"   {name:<36}{p.value:>8.1f}{1000 * p.seconds / args.aug_iters:>9.1f}{fmt_load(p):>12}")
+    names = list(best)
+    geo = best[names[0]].value / best[names[1]].value
+    full = best[names[2]].value / best[names[3]].value
+    ok = geo >= TARGET_AUGMENT
+    print(
+        f"   flips+rotations: all / one = {geo:5.2f}x   target >= {TARGET_AUGMENT:.1f}x   "
+        + verdict(ok, best[names[0]], best[names[1]])
+    )
+    print(f"   default augment_batch (with the zoom crop): all / one = {full:5.2f}x")
+    return {
+        "cpu_ms_per_batch": {k: v.value for k, v in best.items()},
+        "wall_ms_per_batch": {k: 1000 * v.seconds / args.aug_iters for k, v in best.items()},
+        "ratio_geometric": geo,
+        "ratio_default": full,
+        "clean": not any(busy(b) for b in best.values()),
+        "pass": ok,
+    }
+
+
+# --------------------------------------------------------------------------- 5. op determinism
+
+
+def determinism_child(mode: str, args: argparse.Namespace) -> int:
+    """In a fresh process: train the default CNN with op determinism ``mode`` (on/off); print the
+    per-epoch seconds as one JSON line."""
+    x, y = synth_images(args.det_n + 64, SIZE, args.seed)
+    loop = LoopSettings.from_params(
+        TrainParams(
+            epochs=args.det_epochs, early_stopping_patience=args.det_epochs + 1, lr_schedule="constant"
+        ),
+        args.seed,
+        deterministic=mode == "on",
+    )
+    seed_everything(loop.seed, loop.deterministic)
+    model = build_cnn(SIZE, CnnParams())
+    stamps: list[float] = []
+    with quiet():
+        t0 = time.perf_counter()
+        fit_loop(
+            model, x[: args.det_n], y[: args.det_n], x[args.det_n :], y[args.det_n :], loop,
+            strategy=tf.distribute.get_strategy(), on_epoch=lambda m, s: stamps.append(time.perf_counter()),
+        )  # fmt: skip
+    edges = [t0, *stamps]
+    epochs = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    from tensorflow.python.framework import config as tf_config  # the switch's own getter
+
+    print(json.dumps({"mode": mode, "epochs": epochs, "enabled": tf_config.is_op_determinism_enabled()}))
+    return 0
+
+
+def bench_determinism(args: argparse.Namespace) -> dict:
+    print(
+        f"\n== 5. op determinism: default CNN via fit_loop, {args.det_n} images, batch {BATCH}, "
+        f"{args.det_epochs} epochs per child, {args.repeat} children per mode (alternated); best steady epoch"
+    )
+    runs: dict[str, list[float]] = {"off": [], "on": []}
+    loads: dict[str, list[Pass]] = {"off": [], "on": []}
+    for _ in range(args.repeat):
+        for mode in ("off", "on"):
+            cmd = [sys.executable, __file__, "--determinism-child", mode, "--det-n", str(args.det_n),
+                   "--det-epochs", str(args.det_epochs), "--seed", str(args.seed)]  # fmt: skip
+            p = Pass()
+            with measured(p):
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("{")), None)
+            if proc.returncode != 0 or line is None:
+                raise RuntimeError(f"determinism child ({mode}) failed:\n{proc.stderr[-2000:]}")
+            got = json.loads(line)
+            assert got["enabled"] == (mode == "on"), got
+            runs[mode].extend(got["epochs"][1:])  # the first epoch traces
+            loads[mode].append(p)
+    best = {k: min(v) for k, v in runs.items()}
+    median = {k: float(np.median(v)) for k, v in runs.items()}
+    print(f"   {'op determinism':<16}{'best epoch s':>13}{'median s':>10}")
+    for k in ("off", "on"):
+        print(f"   {k:<16}{best[k]:>13.2f}{median[k]:>10.2f}")
+    ratio = best["on"] / best["off"]
+    print(
+        f"   on / off = {ratio:5.3f} (best epochs), {median['on'] / median['off']:5.3f} (medians)   "
+        + verdict(True, *loads["on"], *loads["off"]).replace("PASS", "context")
+    )
+    return {
+        "epoch_seconds": runs,
+        "ratio_best": ratio,
+        "ratio_median": median["on"] / median["off"],
+        "clean": not any(busy(p) for ps in loads.values() for p in ps),
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -478,8 +646,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--infer-n", type=int, default=256, help="images per batched inference pass")
     ap.add_argument("--single", type=int, default=30, help="single-image calls for the p50 latency")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--aug-iters", type=int, default=30, help="augmented batches per pass (check 4)")
+    ap.add_argument("--det-n", type=int, default=512, help="training images per epoch (check 5)")
+    ap.add_argument("--det-epochs", type=int, default=3, help="epochs per child (check 5); the first traces")
+    ap.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    ap.add_argument("--determinism-child", choices=("on", "off"), help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
+    if args.determinism_child:
+        return determinism_child(args.determinism_child, args)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(only) - set(SECTIONS):
+        ap.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; expected {','.join(SECTIONS)}")
+    if args.det_epochs < 2:
+        ap.error("--det-epochs must be >= 2 (the first epoch traces)")
     if args.warmup < 1 or args.steps < 1 or args.epochs < 2:
         ap.error("--warmup and --steps must be >= 1 and --epochs >= 2")
 
@@ -496,21 +678,35 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     results: dict = {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu_count": cores}
-    sections = {}
-    t0 = time.perf_counter()
-    results["pipeline"] = bench_pipeline(x[: args.n], y[: args.n], args)
-    sections["pipeline"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results["cached_features"], transfer_model = bench_cached(
-        x[: args.transfer_n], y[: args.transfer_n], args
-    )
-    sections["cached_features"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    results["inference"] = bench_inference(x[: args.n], y[: args.n], transfer_model, args)
-    sections["inference"] = time.perf_counter() - t0
+    sections: dict[str, float] = {}
+    checks: dict[str, dict] = {}
+    transfer_model = None
+    for name in SECTIONS:
+        if name not in only:
+            continue
+        t0 = time.perf_counter()
+        if name == "pipeline":
+            results["pipeline"] = checks["pipeline"] = bench_pipeline(x[: args.n], y[: args.n], args)
+        elif name == "cached":
+            results["cached_features"], transfer_model = bench_cached(
+                x[: args.transfer_n], y[: args.transfer_n], args
+            )
+            checks["cached_features"] = results["cached_features"]
+        elif name == "inference":
+            if transfer_model is None:  # the transfer model comes from check 2: build an untrained one
+                keras.utils.set_random_seed(args.seed)
+                backbone, _ = build_backbone(
+                    "vgg16", SIZE, WeightsChoice(None, None, "random-init", "benchmark")
+                )
+                transfer_model = feature_extractor(backbone, BACKBONES["vgg16"].preprocess, SIZE)
+            results["inference"] = bench_inference(x[: args.n], y[: args.n], transfer_model, args)
+        elif name == "augment":
+            results["augment"] = checks["augment"] = bench_augment(x, args)
+        else:
+            results["determinism"] = bench_determinism(args)
+        sections[name] = time.perf_counter() - t0
     results["section_seconds"] = sections
 
-    checks = {"pipeline": results["pipeline"], "cached_features": results["cached_features"]}
     failed = [k for k, v in checks.items() if not v["pass"]]
     unclean = [k for k, v in checks.items() if not v["clean"]]
     results["seconds"] = time.perf_counter() - t_start

@@ -16,13 +16,16 @@ from melanoma.data import augment_batch, class_weights, make_dataset
 from melanoma.errors import DataError
 from melanoma.metrics import safe_auc
 from melanoma.models.cnn import build_cnn, fit_cnn
-from melanoma.models.keras_model import KerasClassifier
+from melanoma.models.keras_model import KerasClassifier, LoopSettings
 from melanoma.models.transfer import build_backbone, fit_transfer, resolve_weights
 
 SIZE = 32
 STRATEGY = tf.distribute.get_strategy()
-FAST = TrainParams(
-    epochs=4, batch_size=16, early_stopping_patience=4, lr_schedule="constant", learning_rate=3e-3
+FAST = LoopSettings.from_params(
+    TrainParams(
+        epochs=4, batch_size=16, early_stopping_patience=4, lr_schedule="constant", learning_rate=3e-3
+    ),
+    seed=0,
 )
 
 
@@ -60,6 +63,30 @@ def test_augmentation_is_seeded_and_stays_in_range() -> None:
     assert np.array_equal(off.numpy(), x.numpy())
 
 
+def _symmetry_of(out: np.ndarray, original: np.ndarray) -> list[int]:
+    """Which of the 8 symmetries of the square (np.rot90 k times, then mirrored if k >= 4) gives ``out``."""
+    forms = [np.rot90(original, k % 4, axes=(0, 1)) for k in range(8)]
+    forms = [f[:, ::-1] if k >= 4 else f for k, f in enumerate(forms)]
+    return [k for k, f in enumerate(forms) if np.array_equal(f, out)]
+
+
+@pytest.mark.parametrize(
+    ("flip", "rotate90", "allowed"),
+    [(True, True, set(range(8))), (True, False, {0, 2, 4, 6}), (False, True, {0, 1, 2, 3})],
+)
+def test_each_image_gets_one_symmetry_drawn_from_the_allowed_ones(flip, rotate90, allowed) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (200, 6, 6, 3), dtype=np.uint8)  # random pixels: every symmetry is distinct
+    params = AugmentParams(flip=flip, rotate90=rotate90, zoom=0.0)
+    out = augment_batch(tf.constant(x), tf.constant([7, 0], tf.int64), params).numpy()
+    assert out.dtype == np.float32
+    drawn = [_symmetry_of(o.astype(np.uint8), i) for o, i in zip(out, x, strict=True)]
+    assert all(len(d) == 1 for d in drawn)  # exactly one transform, pixels moved and unchanged
+    counts = np.bincount([d[0] for d in drawn], minlength=8)
+    assert set(np.flatnonzero(counts)) == allowed  # all allowed ones occur, no other
+    assert counts[sorted(allowed)].min() > 200 / len(allowed) / 2  # roughly uniform
+
+
 def test_oversampling_balances_classes_and_weights_are_inverse_frequency() -> None:
     x, y = easy_set(90, 4)  # one third positive
     ds = make_dataset(x, y, 30, training=True, seed=0, balance="oversample")
@@ -84,7 +111,7 @@ def test_cnn_trains_beats_chance_and_round_trips(data, tmp_path: Path) -> None:
     epochs: list[int] = []
     model, info = fit_cnn(
         x_tr, y_tr, x_va, y_va, CnnParams(filters=(8, 16), dense=16), FAST,
-        image_size=SIZE, fit="crop", seed=0, strategy=STRATEGY, on_epoch=lambda m, step: epochs.append(step),
+        image_size=SIZE, fit="crop", strategy=STRATEGY, on_epoch=lambda m, step: epochs.append(step),
     )  # fmt: skip
     assert safe_auc(y_va, model.predict_proba(x_va)) > 0.75
     assert epochs == list(range(info["epochs_run"])) and info["history"][0]["phase"] == "train"
@@ -98,7 +125,7 @@ def test_transfer_random_init_is_recorded_and_beats_chance(data, caplog: pytest.
     params = TransferParams(backbone="vgg16", weights="imagenet", head_units=16, head_epochs=15)
     with caplog.at_level(logging.WARNING):
         model, info = fit_transfer(
-            x_tr, y_tr, x_va, y_va, params, FAST, image_size=SIZE, fit="crop", seed=0,
+            x_tr, y_tr, x_va, y_va, params, FAST, image_size=SIZE, fit="crop",
             keras_home=Path("/nonexistent-keras-home"), strategy=STRATEGY,
         )  # fmt: skip
     assert info["weights"] == "random-init" and "not in the Keras cache" in info["weights_note"]
@@ -118,7 +145,7 @@ def test_transfer_fine_tunes_top_layers(data) -> None:
         fine_tune_epochs=1,
     )
     _, info = fit_transfer(
-        x_tr[:64], y_tr[:64], x_va, y_va, params, FAST, image_size=SIZE, fit="crop", seed=0,
+        x_tr[:64], y_tr[:64], x_va, y_va, params, FAST, image_size=SIZE, fit="crop",
         keras_home=Path("/nonexistent"), strategy=STRATEGY,
     )  # fmt: skip
     assert info["fine_tuned_layers"] == 2 and info["history"][-1]["phase"] == "fine_tune"
@@ -155,5 +182,5 @@ def test_input_size_mismatch_is_a_clear_error(data) -> None:
     with pytest.raises(DataError, match="input_size"):
         fit_transfer(
             x_tr, y_tr, x_va, y_va, TransferParams(input_size=64), FAST, image_size=SIZE, fit="crop",
-            seed=0, keras_home=Path("/x"), strategy=STRATEGY,
+            keras_home=Path("/x"), strategy=STRATEGY,
         )  # fmt: skip

@@ -42,29 +42,38 @@ def fit_model(
     on_epoch: Callable[[dict[str, float], int], None] | None = None,
     keras_home: Path | None = None,
 ) -> tuple[ImageClassifier, dict[str, Any]]:
-    """Dispatch to the model family; return the model and family-specific info to record."""
+    """Dispatch to the model family; return the model and family-specific info to record.
+
+    The deep models get one ``LoopSettings``, built here once from ``train.*`` and ``base.seed``.
+    """
     size, fit, seed = params.prepare.image_size, params.prepare.fit, params.base.seed
     if name == "baseline":
         from melanoma.models.baseline import fit_baseline
 
         model, scores = fit_baseline(x_train, y_train, x_val, y_val, params.baseline, seed, size, fit)
         return model, {"candidate": model.candidate, "candidate_val_auc": scores}
+    if name not in ("cnn", "transfer"):
+        raise DataError(f"unknown model {name!r}; expected one of baseline, cnn, transfer")
+    import tensorflow as tf
+
+    from melanoma.models.keras_model import LoopSettings
+
+    loop = LoopSettings.from_params(params.train, seed)
+    strategy = tf.distribute.get_strategy() if strategy is None else strategy
     if name == "cnn":
         from melanoma.models.cnn import fit_cnn
 
         return fit_cnn(
-            x_train, y_train, x_val, y_val, params.cnn, params.train,
-            image_size=size, fit=fit, seed=seed, strategy=strategy, on_epoch=on_epoch,
+            x_train, y_train, x_val, y_val, params.cnn, loop,
+            image_size=size, fit=fit, strategy=strategy, on_epoch=on_epoch,
         )  # fmt: skip
-    if name == "transfer":
-        from melanoma.models.transfer import fit_transfer
+    from melanoma.models.transfer import fit_transfer
 
-        return fit_transfer(
-            x_train, y_train, x_val, y_val, params.transfer, params.train,
-            image_size=size, fit=fit, seed=seed, keras_home=keras_home or Path.home() / ".keras",
-            strategy=strategy, on_epoch=on_epoch,
-        )  # fmt: skip
-    raise DataError(f"unknown model {name!r}; expected one of baseline, cnn, transfer")
+    return fit_transfer(
+        x_train, y_train, x_val, y_val, params.transfer, loop,
+        image_size=size, fit=fit, keras_home=keras_home or Path.home() / ".keras",
+        strategy=strategy, on_epoch=on_epoch,
+    )  # fmt: skip
 
 
 def logged_params(name: str, params: Params) -> dict[str, Any]:

@@ -31,14 +31,15 @@ sys.path.insert(0, sys.argv[1])
 from conftest import lesion_image
 from melanoma.config import CnnParams, TrainParams
 from melanoma.models.cnn import fit_cnn
-from melanoma.models.keras_model import make_strategy
+from melanoma.models.keras_model import LoopSettings, make_strategy
 strategy = make_strategy("mirrored", ("/cpu:0", "/cpu:1"))
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
 rng = np.random.default_rng(0)
 y = (np.arange(64) % 2).astype(int)
 x = np.stack([np.asarray(lesion_image(rng, bool(v), 32, 32)) for v in y])
-model, info = fit_cnn(x, y, x, y, CnnParams(filters=(4, 8), dense=8), TrainParams(epochs=1, batch_size=8),
-                      image_size=32, fit="crop", seed=0, strategy=strategy)
+loop = LoopSettings.from_params(TrainParams(epochs=1, batch_size=8), seed=0)
+model, info = fit_cnn(x, y, x, y, CnnParams(filters=(4, 8), dense=8), loop,
+                      image_size=32, fit="crop", strategy=strategy)
 assert info["epochs_run"] == 1 and model.predict_proba(x).shape == (64,)
 print("REPLICAS", strategy.num_replicas_in_sync)
 """

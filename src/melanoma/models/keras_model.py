@@ -1,10 +1,29 @@
-"""What the deep models share: the saved-model wrapper, distribution strategies and the fit loop
-(early stopping on validation AUC with the best epoch restored, LR schedule, per-epoch logging)."""
+"""What the deep models share: the saved-model wrapper, distribution strategies, and ONE fit loop
+contract (``LoopSettings``): early stopping on validation AUC with the best epoch restored, LR
+schedule, class balance, augmentation, seeds, per-epoch logging.
+
+Every fit path (the CNN, the transfer head on cached features, fine-tuning, and the custom loop
+used under MultiWorkerMirroredStrategy) takes a ``LoopSettings`` and applies
+``train.class_balance`` the same way:
+
+* ``class_weight``: the natural stream, each sample's loss weighted by inverse class frequency;
+* ``oversample``: both classes drawn equally often (an infinite stream, ``ceil(n / batch)`` steps
+  an epoch), unweighted loss;
+* ``none``: the natural stream, unweighted loss.
+
+Each epoch's row carries what the loop actually fed the loss: ``seen_pos``/``seen_neg`` (samples of
+each class) and ``weight_pos``/``weight_neg`` (their summed loss weights).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import logging
 import math
+import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +33,89 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from melanoma.config import TrainParams
-from melanoma.data import class_weights, make_dataset
+from melanoma import atomic
+from melanoma.config import AugmentParams, TrainParams
+from melanoma.data import BALANCE_MODES, class_weights, make_dataset
+from melanoma.errors import ConfigError
 from melanoma.models import layers  # noqa: F401 - registers the custom layers for loading
 
 log = logging.getLogger(__name__)
 KERAS_FILE = "model.keras"
 PREDICT_BATCH = 128
+SCHEDULES = ("cosine", "plateau", "constant")
+# The fixed time stamp of every entry of a saved .keras zip: the earliest a zip can hold.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+TALLIES = ("seen_pos", "seen_neg", "weight_pos", "weight_neg")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Everything a fit path needs besides the data and the model; built once from ``TrainParams``.
+
+    A phase that trains differently (the transfer head: its own epochs and LR, no augmentation)
+    derives its settings with ``replace``; the rest (class balance, seed, ...) stays the same.
+    """
+
+    epochs: int
+    batch_size: int  # per replica; the global batch is this times the replicas in sync
+    learning_rate: float
+    lr_schedule: str = "cosine"
+    early_stopping_patience: int = 10
+    early_stopping_start: int = 0  # epochs before early stopping may act
+    class_balance: str = "class_weight"
+    augment: AugmentParams | None = None  # None: no augmentation
+    seed: int = 0
+    shuffle_buffer: int = 4096
+    deterministic: bool = True  # TensorFlow op determinism (byte-reproducible training on CPU)
+
+    def __post_init__(self) -> None:
+        if self.class_balance not in BALANCE_MODES:
+            raise ConfigError(
+                f"train.class_balance: {self.class_balance!r} is not one of {', '.join(BALANCE_MODES)}"
+            )
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"train.lr_schedule: {self.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
+
+    @classmethod
+    def from_params(cls, train: TrainParams, seed: int, *, deterministic: bool = True) -> LoopSettings:
+        """The settings of the main training phase, from ``train.*`` and ``base.seed``."""
+        return cls(
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            learning_rate=train.learning_rate,
+            lr_schedule=train.lr_schedule,
+            early_stopping_patience=train.early_stopping_patience,
+            early_stopping_start=train.early_stopping_start,
+            class_balance=train.class_balance,
+            augment=train.augment,
+            seed=seed,
+            shuffle_buffer=train.shuffle_buffer,
+            deterministic=deterministic,
+        )
+
+    def replace(self, **changes: Any) -> LoopSettings:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def applied(self, y_train: np.ndarray) -> dict[str, Any]:
+        """What the loop applies for class balance, as recorded in model.json."""
+        out: dict[str, Any] = {"class_balance": self.class_balance}
+        if self.class_balance == "class_weight":
+            w = class_weights(np.asarray(y_train))
+            out["class_weights"] = {"0": w[0], "1": w[1]}
+        return out
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Python, NumPy and TensorFlow seeds from ``base.seed``; op determinism if asked.
+
+    Op determinism is process-wide and stays on: a stage trains one model per process.
+    """
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 @dataclass
@@ -43,14 +138,70 @@ class KerasClassifier:
         return np.concatenate(out).astype(np.float32)
 
     def save(self, out_dir: Path) -> None:
-        """Write ``model.keras``."""
-        self.model.save(Path(out_dir) / KERAS_FILE)
+        """Write ``model.keras``, byte-reproducibly (see ``reproducible_keras_zip``)."""
+        with tempfile.TemporaryDirectory(prefix="melanoma-save-") as tmp:
+            raw = Path(tmp) / KERAS_FILE
+            self.model.save(raw)
+            atomic.write_bytes(Path(out_dir) / KERAS_FILE, reproducible_keras_zip(raw.read_bytes()))
 
     @staticmethod
     def load(model_dir: Path, image_size: int, fit: str) -> KerasClassifier:
         """Read ``model.keras`` (safe mode: no arbitrary code)."""
         model = keras.saving.load_model(Path(model_dir) / KERAS_FILE, compile=False)
         return KerasClassifier(model=model, image_size=image_size, fit=fit)
+
+
+def reproducible_keras_zip(data: bytes) -> bytes:
+    """A ``.keras`` archive rewritten without what changes from save to save.
+
+    Keras stamps ``metadata.json`` with ``date_saved`` and gives zip entries the time of writing;
+    the weights (h5py writes no object times by default) and the config are already stable. The
+    entries keep their order, names, contents and compression; ``load_model`` reads it as before.
+    """
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename == "metadata.json":
+                meta = json.loads(body)
+                meta.pop("date_saved", None)
+                body = json.dumps(meta, sort_keys=True).encode()
+            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+            entry.compress_type = info.compress_type
+            entry.external_attr = 0o644 << 16
+            entry.create_system = 3  # unix, whatever the host
+            dst.writestr(entry, body)
+    return out.getvalue()
+
+
+@keras.saving.register_keras_serializable(package="melanoma")
+class ClassTally(keras.metrics.Metric):
+    """Per epoch: how many samples of class ``cls`` the loss saw, or (``weighted``) their summed weight.
+
+    A training-loop record, not a quality metric: it shows what ``class_balance`` applied.
+    """
+
+    def __init__(self, cls: int = 1, weighted: bool = False, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            name=name or f"{'weight' if weighted else 'seen'}_{'pos' if cls else 'neg'}", **kwargs
+        )
+        self.cls, self.weighted = int(cls), bool(weighted)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:  # noqa: ANN001 - Keras tensors
+        hit = keras.ops.cast(keras.ops.equal(keras.ops.reshape(y_true, (-1,)), self.cls), "float32")
+        if self.weighted and sample_weight is not None:
+            hit = hit * keras.ops.reshape(keras.ops.cast(sample_weight, "float32"), (-1,))
+        self.total.assign_add(keras.ops.sum(hit))
+
+    def result(self):  # noqa: ANN201 - Keras tensor
+        return keras.ops.convert_to_tensor(self.total)
+
+    def reset_state(self) -> None:
+        self.total.assign(0.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "cls": self.cls, "weighted": self.weighted}
 
 
 def make_strategy(name: str, devices: tuple[str, ...] = ()) -> tf.distribute.Strategy:
@@ -83,13 +234,20 @@ class EpochLogger(keras.callbacks.Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs = {k: float(v) for k, v in (logs or {}).items() if k not in VAL_TALLIES}
         lr = self.model.optimizer.learning_rate
         logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
+        self.record(epoch, logs)
+
+    def record(self, epoch: int, logs: dict[str, float]) -> None:
+        """Keep the row and hand it on (the custom loop calls this directly)."""
         step = self.offset + epoch
         self.rows.append({"epoch": step, "phase": self.phase, **logs})
         if self.on_epoch is not None:
             self.on_epoch({k: v for k, v in logs.items() if math.isfinite(v)}, step)
+
+
+VAL_TALLIES = frozenset(f"val_{t}" for t in TALLIES)  # constant (the validation set): not logged
 
 
 def best_val_auc(patience: int, start: int = 0) -> keras.callbacks.EarlyStopping:
@@ -100,16 +258,36 @@ def best_val_auc(patience: int, start: int = 0) -> keras.callbacks.EarlyStopping
     )
 
 
-def compile_for(model: keras.Model, lr: float, schedule: str, total_steps: int) -> None:
-    """Adam with the chosen schedule; binary cross-entropy; AUC as the tracked metric."""
-    rate: Any = lr
+def learning_rate_for(lr: float, schedule: str, total_steps: int) -> Any:
+    """The optimizer's learning rate: a cosine decay over the run, or a constant (``plateau`` lowers
+    the constant from the loop when validation AUC stalls)."""
     if schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1), alpha=0.05)
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1), alpha=0.05)
+    return lr
+
+
+def tally_metrics() -> list[keras.metrics.Metric]:
+    """The four ``ClassTally`` records: samples and summed loss weights of each class."""
+    return [ClassTally(c, w) for w in (False, True) for c in (1, 0)]
+
+
+def compile_for(model: keras.Model, lr: float, schedule: str, total_steps: int) -> None:
+    """Adam with the chosen schedule; binary cross-entropy; AUC as the tracked metric (plus the
+    class tallies)."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=rate),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate_for(lr, schedule, total_steps)),
         loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc", num_thresholds=400)],
+        metrics=[keras.metrics.AUC(name="auc", num_thresholds=400), *tally_metrics()],
     )
+
+
+# ReduceLROnPlateau's settings, shared by the fit() path and the custom loop.
+PLATEAU_FACTOR, PLATEAU_PATIENCE, PLATEAU_FLOOR, PLATEAU_DELTA = 0.5, 2, 0.01, 1e-4
+
+
+def steps_per_epoch(n: int, global_batch: int, loop: LoopSettings) -> int | None:
+    """Steps of an epoch: oversampling streams forever, so an epoch is ``ceil(n / batch)`` steps."""
+    return math.ceil(n / global_batch) if loop.class_balance == "oversample" else None
 
 
 def fit_loop(
@@ -118,140 +296,163 @@ def fit_loop(
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
-    params: TrainParams,
+    loop: LoopSettings,
     *,
-    epochs: int,
-    lr: float,
-    seed: int,
-    phase: str,
     strategy: tf.distribute.Strategy,
+    phase: str = "train",
     on_epoch: Callable[[dict[str, float], int], None] | None = None,
     epoch_offset: int = 0,
-    augment: bool = True,
+    verbose: int = 2,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` on images with early stopping on val AUC; restore the best epoch's weights."""
-    batch = params.batch_size * strategy.num_replicas_in_sync
+    """Train ``model`` (on images, or on feature rows when ``loop.augment`` is None) with early
+    stopping on val AUC; restore the best epoch's weights. Returns one row per epoch."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Keras 3's fit() cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585):
         # use TensorFlow's own distributed loop instead.
-        return _multi_worker_loop(
-            model, x_train, y_train, x_val, y_val, params,
-            epochs=epochs, lr=lr, seed=seed, phase=phase, strategy=strategy, on_epoch=on_epoch,
-            epoch_offset=epoch_offset, augment=augment, batch=batch,
+        return distributed_loop(
+            model, x_train, y_train, x_val, y_val, loop,
+            strategy=strategy, phase=phase, on_epoch=on_epoch, epoch_offset=epoch_offset,
         )  # fmt: skip
+    batch = loop.batch_size * strategy.num_replicas_in_sync
     train_ds = make_dataset(
-        x_train, y_train, batch, training=True, seed=seed,
-        augment=params.augment if augment else None,
-        balance=params.class_balance, shuffle_buffer=params.shuffle_buffer,
+        x_train, y_train, batch, training=True, seed=loop.seed, augment=loop.augment,
+        balance=loop.class_balance, shuffle_buffer=loop.shuffle_buffer,
     )  # fmt: skip
-    val_ds = make_dataset(x_val, y_val, batch, training=False, seed=seed)
+    val_ds = make_dataset(x_val, y_val, batch, training=False, seed=loop.seed)
     steps = math.ceil(len(y_train) / batch)
     with strategy.scope():
-        compile_for(model, lr, params.lr_schedule, steps * epochs)
+        compile_for(model, loop.learning_rate, loop.lr_schedule, steps * loop.epochs)
     logger = EpochLogger(phase, on_epoch, epoch_offset)
     callbacks: list[keras.callbacks.Callback] = [
-        best_val_auc(params.early_stopping_patience, min(params.early_stopping_start, epochs - 1)),
+        best_val_auc(loop.early_stopping_patience, min(loop.early_stopping_start, loop.epochs - 1)),
         logger,
     ]
-    if params.lr_schedule == "plateau":
+    if loop.lr_schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor="val_auc", mode="max", factor=0.5, patience=2, min_lr=lr / 100
+                monitor="val_auc", mode="max", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE,
+                min_lr=loop.learning_rate * PLATEAU_FLOOR, min_delta=PLATEAU_DELTA,
             )
-        )
+        )  # fmt: skip
     model.fit(
         train_ds,
         validation_data=val_ds,
-        epochs=epochs,
-        steps_per_epoch=steps if params.class_balance == "oversample" else None,
-        class_weight=class_weights(y_train) if params.class_balance == "class_weight" else None,
+        epochs=loop.epochs,
+        steps_per_epoch=steps_per_epoch(len(y_train), batch, loop),
+        class_weight=class_weights(y_train) if loop.class_balance == "class_weight" else None,
         callbacks=callbacks,
-        verbose=2,
+        shuffle=False,  # the dataset shuffles, seeded
+        verbose=verbose,
     )
     return logger.rows
 
 
-def _multi_worker_loop(
+def distributed_loop(
     model: keras.Model,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
-    params: TrainParams,
+    loop: LoopSettings,
     *,
-    epochs: int,
-    lr: float,
-    seed: int,
-    phase: str,
     strategy: tf.distribute.Strategy,
-    on_epoch: Callable[[dict[str, float], int], None] | None,
-    epoch_offset: int,
-    augment: bool,
-    batch: int,
+    phase: str = "train",
+    on_epoch: Callable[[dict[str, float], int], None] | None = None,
+    epoch_offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """A custom synchronous data-parallel loop (strategy.run + all-reduce of gradients).
+    """A custom synchronous data-parallel loop (strategy.run + all-reduce of gradients), for
+    MultiWorkerMirroredStrategy; it runs under any strategy.
 
-    Same contract as the fit() path: class weights, LR schedule, early stopping on validation
-    AUC with the best weights restored. Every worker evaluates the full validation set, so all
-    take the same early-stopping decision.
+    Same contract as the fit() path: class balance, LR schedule, early stopping on validation AUC
+    with the best weights restored. The training stream runs on across epochs in full global
+    batches (``n // batch`` steps an epoch, at least one). Every worker evaluates the full
+    validation set, so all take the same early-stopping decision.
     """
     from sklearn.metrics import roc_auc_score
 
-    ds = make_dataset(
-        x_train, y_train, batch, training=True, seed=seed, augment=params.augment if augment else None,
-        balance="none", shuffle_buffer=params.shuffle_buffer,
-    ).unbatch().batch(batch, drop_remainder=True)  # fmt: skip
+    batch = loop.batch_size * strategy.num_replicas_in_sync
+    ds = (
+        make_dataset(
+            x_train,
+            y_train,
+            batch,
+            training=True,
+            seed=loop.seed,
+            augment=loop.augment,
+            balance=loop.class_balance,
+            shuffle_buffer=loop.shuffle_buffer,
+        )  # fmt: skip
+        .repeat()
+        .unbatch()
+        .batch(batch, drop_remainder=True)
+    )
     steps = max(len(y_train) // batch, 1)
-    weights = class_weights(y_train) if params.class_balance != "none" else {0: 1.0, 1: 1.0}
+    if loop.class_balance == "oversample":
+        steps = math.ceil(len(y_train) / batch)
+    cw = class_weights(y_train) if loop.class_balance == "class_weight" else {0: 1.0, 1: 1.0}
     with strategy.scope():
-        rate: Any = lr
-        if params.lr_schedule == "cosine":
-            rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * epochs, alpha=0.05)
-        optimizer = keras.optimizers.Adam(learning_rate=rate)
+        optimizer = keras.optimizers.Adam(
+            learning_rate=learning_rate_for(loop.learning_rate, loop.lr_schedule, steps * loop.epochs)
+        )
         loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
-    dist = strategy.experimental_distribute_dataset(ds)
+    batches = iter(strategy.experimental_distribute_dataset(ds))
 
-    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        y = tf.reshape(y, (-1,))
+        w = tf.where(y > 0.5, cw[1], cw[0])
         with tf.GradientTape() as tape:
             p = model(x, training=True)
-            w = tf.where(y > 0.5, weights[1], weights[0])
             per_example = loss_fn(tf.reshape(y, (-1, 1)), p) * w
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
             if model.losses:
                 loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
         grads = tape.gradient(loss, model.trainable_weights)
         optimizer.apply_gradients(zip(grads, model.trainable_weights, strict=True))
-        return loss
+        pos = tf.cast(y > 0.5, tf.float32)
+        tally = tf.stack([tf.reduce_sum(pos), tf.reduce_sum(1 - pos), tf.reduce_sum(pos * w), tf.reduce_sum((1 - pos) * w)])  # fmt: skip
+        return loss, tally
 
     @tf.function
-    def train_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(x, y)), axis=None)
+    def train_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        loss, tally = strategy.run(replica_step, args=(x, y))
+        sum_ = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, tally, axis=None)
 
-    rows: list[dict[str, Any]] = []
-    best_auc, best_weights, waited = -1.0, model.get_weights(), 0
-    for epoch in range(epochs):
-        total, n = 0.0, 0
-        for x, y in dist:
-            total += float(train_step(x, y))
-            n += 1
+    logger = EpochLogger(phase, on_epoch, epoch_offset)
+    start = min(loop.early_stopping_start, loop.epochs - 1)
+    best_auc, best_weights, waited = -math.inf, model.get_weights(), 0
+    plateau_best, plateau_wait = -math.inf, 0
+    for epoch in range(loop.epochs):
+        total, seen = 0.0, np.zeros(4)
+        for _ in range(steps):
+            loss, tally = train_step(*next(batches))
+            total += float(loss)
+            seen += np.asarray(tally, dtype=np.float64)
         p_val = np.concatenate(
             [np.asarray(model(tf.convert_to_tensor(x_val[i : i + 256], tf.float32), training=False)).reshape(-1)
              for i in range(0, len(x_val), 256)]
         )  # fmt: skip
         val_auc = float(roc_auc_score(y_val, p_val)) if len(np.unique(y_val)) == 2 else float("nan")
         current_lr = optimizer.learning_rate
-        logs = {"loss": total / max(n, 1), "val_auc": val_auc,
+        logs = {"loss": total / steps, **dict(zip(TALLIES, map(float, seen), strict=True)), "val_auc": val_auc,
                 "learning_rate": float(current_lr.numpy() if hasattr(current_lr, "numpy") else current_lr)}  # fmt: skip
-        rows.append({"epoch": epoch_offset + epoch, "phase": phase, **logs})
-        if on_epoch is not None:
-            on_epoch({k: v for k, v in logs.items() if math.isfinite(v)}, epoch_offset + epoch)
-        if epoch < min(params.early_stopping_start, epochs - 1):
+        logger.record(epoch, logs)
+        if loop.lr_schedule == "plateau":  # as ReduceLROnPlateau in the fit() path
+            if val_auc > plateau_best + PLATEAU_DELTA:
+                plateau_best, plateau_wait = val_auc, 0
+            else:
+                plateau_wait += 1
+                if plateau_wait >= PLATEAU_PATIENCE:
+                    floor = loop.learning_rate * PLATEAU_FLOOR
+                    optimizer.learning_rate.assign(max(float(current_lr.numpy()) * PLATEAU_FACTOR, floor))
+                    plateau_wait = 0
+        if epoch < start:
             continue  # as EarlyStopping(start_from_epoch): early validation AUC is noise
         if val_auc > best_auc:
             best_auc, best_weights, waited = val_auc, model.get_weights(), 0
         else:
             waited += 1
-            if waited >= params.early_stopping_patience:
+            if waited >= loop.early_stopping_patience:
                 break
     model.set_weights(best_weights)
-    return rows
+    return logger.rows

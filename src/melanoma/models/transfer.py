@@ -19,10 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from melanoma.config import TrainParams, TransferParams
-from melanoma.data import class_weights
+from melanoma.config import TransferParams
 from melanoma.errors import DataError
-from melanoma.models.keras_model import EpochLogger, KerasClassifier, best_val_auc, compile_for, fit_loop
+from melanoma.models.keras_model import KerasClassifier, LoopSettings, fit_loop, seed_everything
 from melanoma.models.layers import Preprocess
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ def build_backbone(name: str, size: int, choice: WeightsChoice) -> tuple[keras.M
 def feature_extractor(backbone: keras.Model, preprocess: str, size: int) -> keras.Model:
     """pixels in [0, 255] -> pooled backbone features, in inference mode (frozen BN statistics)."""
     inputs = keras.Input((size, size, 3), name="image")
-    feats = backbone(Preprocess(preprocess)(inputs), training=False)
+    feats = backbone(Preprocess(preprocess, name="preprocess")(inputs), training=False)
     return keras.Model(inputs, feats, name="features")
 
 
@@ -131,13 +130,29 @@ def build_head(f_train: np.ndarray, params: TransferParams) -> keras.Model:
     orders of magnitude (and wildly so for a random-init backbone).
     """
     inputs = keras.Input((f_train.shape[1],), name="features")
-    norm = keras.layers.Normalization()
+    norm = keras.layers.Normalization(name="normalise")
     norm.adapt(f_train)
-    x = keras.layers.Dropout(params.dropout)(norm(inputs))
-    x = keras.layers.Dense(params.head_units, activation="relu")(x)
-    x = keras.layers.Dropout(params.dropout)(x)
+    x = keras.layers.Dropout(params.dropout, name="dropout1")(norm(inputs))
+    x = keras.layers.Dense(params.head_units, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(params.dropout, name="dropout2")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="p_melanoma")(x)
     return keras.Model(inputs, outputs, name="head")
+
+
+def head_settings(loop: LoopSettings, params: TransferParams) -> LoopSettings:
+    """Phase 1's loop: the head's epochs and LR, no augmentation (the inputs are feature rows), and
+    early stopping free from the first epoch (a head epoch is cheap and converges fast)."""
+    return loop.replace(
+        epochs=params.head_epochs,
+        learning_rate=params.head_learning_rate,
+        augment=None,
+        early_stopping_start=0,
+    )
+
+
+def fine_tune_settings(loop: LoopSettings, params: TransferParams) -> LoopSettings:
+    """Phase 2's loop: the fine-tuning epochs and LR; augmentation and the rest as ``train.*``."""
+    return loop.replace(epochs=params.fine_tune_epochs, learning_rate=params.fine_tune_learning_rate)
 
 
 def fit_head(
@@ -146,34 +161,17 @@ def fit_head(
     y_train: np.ndarray,
     f_val: np.ndarray,
     y_val: np.ndarray,
-    params: TransferParams,
-    train: TrainParams,
-    seed: int,
-    on_epoch: Callable[[dict[str, float], int], None] | None,
+    loop: LoopSettings,
+    *,
+    strategy: tf.distribute.Strategy | None = None,
+    on_epoch: Callable[[dict[str, float], int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Phase 1 on cached features: early stopping on val AUC, best epoch restored."""
-    ds = (
-        tf.data.Dataset.from_tensor_slices((f_train, y_train.astype(np.float32)))
-        .shuffle(len(y_train), seed=seed, reshuffle_each_iteration=True)
-        .batch(train.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    val = tf.data.Dataset.from_tensor_slices((f_val, y_val.astype(np.float32))).batch(512)
-    steps = -(-len(y_train) // train.batch_size)
-    compile_for(head, params.head_learning_rate, train.lr_schedule, steps * params.head_epochs)
-    logger = EpochLogger("head", on_epoch)
-    head.fit(
-        ds,
-        validation_data=val,
-        epochs=params.head_epochs,
-        class_weight=class_weights(y_train) if train.class_balance != "none" else None,
-        callbacks=[
-            best_val_auc(train.early_stopping_patience),
-            logger,
-        ],
-        verbose=0,
-    )
-    return logger.rows
+    """Phase 1 on cached features, through the shared loop (``loop`` from ``head_settings``):
+    class balance as everywhere else, early stopping on val AUC, best epoch restored."""
+    return fit_loop(
+        head, f_train, y_train, f_val, y_val, loop, strategy=strategy or tf.distribute.get_strategy(),
+        phase="head", on_epoch=on_epoch, verbose=0,
+    )  # fmt: skip
 
 
 def fit_transfer(
@@ -182,11 +180,10 @@ def fit_transfer(
     x_val: np.ndarray,
     y_val: np.ndarray,
     params: TransferParams,
-    train: TrainParams,
+    loop: LoopSettings,
     *,
     image_size: int,
     fit: str,
-    seed: int,
     keras_home: Path,
     strategy: tf.distribute.Strategy,
     on_epoch: Callable[[dict[str, float], int], None] | None = None,
@@ -197,7 +194,7 @@ def fit_transfer(
             f"transfer.input_size {params.input_size} differs from prepare.image_size {image_size}; "
             "set it to 0 or change prepare.image_size (the model sees the prepared pixels)"
         )
-    keras.utils.set_random_seed(seed)
+    seed_everything(loop.seed, loop.deterministic)
     choice = resolve_weights(params.weights, params.backbone, keras_home, params.download_weights)
     with strategy.scope():
         backbone, choice = build_backbone(params.backbone, image_size, choice)
@@ -207,7 +204,16 @@ def fit_transfer(
     f_val = compute_features(extractor, x_val)
     with strategy.scope():
         head = build_head(f_train, params)
-    history = fit_head(head, f_train, y_train, f_val, y_val, params, train, seed, on_epoch)
+    history = fit_head(
+        head,
+        f_train,
+        y_train,
+        f_val,
+        y_val,
+        head_settings(loop, params),
+        strategy=strategy,
+        on_epoch=on_epoch,
+    )
 
     with strategy.scope():
         inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -218,9 +224,8 @@ def fit_transfer(
         for layer in backbone.layers[: -params.fine_tune_layers]:
             layer.trainable = False
         history += fit_loop(
-            model, x_train, y_train, x_val, y_val, train,
-            epochs=params.fine_tune_epochs, lr=params.fine_tune_learning_rate, seed=seed,
-            phase="fine_tune", strategy=strategy, on_epoch=on_epoch, epoch_offset=len(history),
+            model, x_train, y_train, x_val, y_val, fine_tune_settings(loop, params), strategy=strategy,
+            phase="fine_tune", on_epoch=on_epoch, epoch_offset=len(history),
         )  # fmt: skip
     info = {
         "history": history,
@@ -230,5 +235,6 @@ def fit_transfer(
         "fine_tuned_layers": params.fine_tune_layers if fine_tuned else 0,
         "feature_dim": int(f_train.shape[1]),
         "n_params": int(model.count_params()),
+        **loop.applied(y_train),
     }
     return KerasClassifier(model=model, image_size=image_size, fit=fit), info
