@@ -11,7 +11,8 @@ unless resuming:
 
 Targets (ratios from the same run; absolute figures are context only):
 
-* throughput (images/s of the download phase, ``report["seconds_download"]``) at concurrency 16
+* throughput (images/s of the download phase, ``seconds_download`` as returned by ``download_isic``;
+  timings are logged and returned, never written to ``ingest_report.json``) at concurrency 16
   >= 10x concurrency 1;
 * the resume moves 0 image bytes (the fake's own byte counter) and takes < 5 % of the first run's
   wall time. Its floor is the API round trips a resume still needs (preflight, one per listing page

@@ -11,13 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+PARTIAL_SUFFIX = ".partial"  # temp files are hidden: ``.<name>.<random>.partial``
+
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it into place only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,7 +51,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces ``final`` as a whole."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=PARTIAL_SUFFIX, dir=final.parent))
     try:
         yield tmp
         if final.exists():

@@ -1,62 +1,56 @@
-"""Reliable HTTP for bulk downloads of public files: retries, backoff, guarded redirects, atomic files.
+"""HTTP for bulk downloads of public files: urllib3 retries, guarded redirects, atomic files.
 
-Generic on purpose (nothing here knows about ISIC) so that every downloader in the project shares
-one tested retry layer:
+Nothing here knows about ISIC. What a library does, the library does: when to retry (429 and 5xx,
+connection and read errors, idempotent GETs only), how long to wait (exponential backoff with
+jitter, capped; a server's ``Retry-After`` honoured, also capped) and when to give up are urllib3's
+``Retry`` (``RetryPolicy.retry``). ``get`` mounts it on the session's ``HTTPAdapter``. Kept here is
+only what no library does:
 
-* ``make_session``  - an anonymous ``requests.Session`` with a connection pool sized for the threads
-  that share it, no urllib3-level retries (the retries live here, where a broken body is visible too)
-  and ``trust_env = False`` (no ``~/.netrc`` credentials or proxy variables leak in implicitly).
-* ``RetryPolicy``   - how many retries, exponential backoff with jitter and a cap, timeouts.
-* ``UrlGuard``      - which URLs may be fetched at all (https + exact host list; loopback http only
-  when explicitly allowed, for local test servers). Redirects are never followed automatically;
-  each target is checked by the guard *before* any connection is made to it.
-* ``get_json`` / ``get_text`` - one GET with retries on 429/5xx (honouring ``Retry-After``) and on
-  dropped connections; other errors raise ``HttpError`` (a ``DataError``) carrying the HTTP status
-  and the server's own message.
-* ``download_to``   - one file streamed into a hidden ``.<name>.<random>.partial`` file next to the
-  destination and renamed into place only when complete (and, if given, of the expected size), so a
-  killed process never leaves a partial file under a final name. It never raises for network
-  trouble: it returns a ``DownloadResult`` saying why it failed, so callers can record it.
+* redirects are followed by hand and each target is checked by a ``UrlGuard`` (https on an exact
+  host list) *before* anything connects to it: a redirect to a foreign host costs not even a DNS
+  lookup;
+* ``download_to``: a body that breaks mid-way, ends short or has the wrong size is fetched again
+  (urllib3 cannot see a body it has already handed over), driven by the same ``Retry`` object so the
+  budget and the waits are one; the body goes to a hidden temp file renamed into place only when
+  complete (``melanoma.atomic``), and failures come back as a ``DownloadResult``, never raised.
 
-All functions are thread-safe as long as each thread passes its own arguments; one session may be
-shared by many threads (the pool is sized by ``make_session``).
+All functions are thread-safe; one session may be shared by many threads (``make_session`` sizes
+the pool). ``RetryStats`` tallies every retry by reason, for reports and logs.
 """
 
 from __future__ import annotations
 
-import email.utils
+import errno
 import json
 import logging
-import os
-import random
-import tempfile
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
-import urllib3.exceptions
+import urllib3.exceptions as u3
 from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
+from melanoma import atomic
 from melanoma.errors import DataError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = atomic.PARTIAL_SUFFIX
+# Errors that mean "our disk", not "their network": retrying cannot help, every other file would fail too.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
-# Exceptions that mean "the network let us down, try again" (requests.ConnectionError covers
-# ConnectTimeout and a read timeout in the middle of a streamed body).
-_RETRYABLE_EXC = (
+UrlCheck = Callable[[str], "str | None"]
+# The network let us down: worth another attempt (requests.ConnectionError covers ConnectTimeout and
+# a read timeout in the middle of a streamed body). Other request errors (a bad URL) are final.
+RETRYABLE_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
@@ -64,44 +58,15 @@ _RETRYABLE_EXC = (
 )
 
 
+class Cancelled(Exception):
+    """Raised inside a retry wait when the caller's cancel event is set."""
+
+
+class DiskFull(DataError):
+    """No space left where a download is written: fatal for the whole run, not one file."""
+
+
 # ---------------------------------------------------------------------------------------------- policy
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try: ``retries`` extra attempts after the first, with capped exponential backoff.
-
-    The delay before retry ``n`` (1-based) is ``backoff_seconds * 2**(n-1)``, capped at
-    ``max_backoff_seconds``, times a jitter factor in [0.5, 1) so that many threads hit by the same
-    429 do not come back in lock-step. A server's ``Retry-After`` replaces the computed delay (also
-    capped, so a hostile or confused server cannot stall a run for hours).
-    """
-
-    retries: int = 8
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 60.0
-    connect_timeout: float = 3.05
-    read_timeout: float = 60.0
-    retry_statuses: frozenset[int] = RETRY_STATUSES
-    max_redirects: int = 3
-    chunk_size: int = 256 * 1024
-    jitter_seed: int = 0  # jitter is drawn from a local RNG seeded with (jitter_seed, url)
-
-    @property
-    def timeout(self) -> tuple[float, float]:
-        """The (connect, read) timeout tuple requests expects; read = the longest gap between bytes."""
-        return (self.connect_timeout, self.read_timeout)
-
-    def backoff(self, retry: int, rng: random.Random) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based), jittered and capped."""
-        if self.backoff_seconds <= 0:
-            return 0.0
-        delay = min(self.max_backoff_seconds, self.backoff_seconds * 2.0 ** min(retry - 1, 60))
-        return delay * rng.uniform(0.5, 1.0)
-
-    def rng(self, url: str) -> random.Random:
-        """A local RNG per request: reproducible, and different URLs get different jitter."""
-        return random.Random(f"{self.jitter_seed}:{url}")
 
 
 class RetryStats:
@@ -125,22 +90,125 @@ class RetryStats:
             return sum(self._counts.values())
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent/bad."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+def retry_reason(response: Any = None, error: BaseException | None = None) -> str:
+    """A short, stable name for why a request is retried (a report key)."""
+    if error is None:
+        return f"http_{getattr(response, 'status', None) or getattr(response, 'status_code', None)}"
+    for kind, name in _REQUESTS_REASONS:
+        if isinstance(error, kind):
+            return name
+    # Look through requests' wrapper and urllib3's MaxRetryError at what really happened.
+    inner: Any = error
+    if isinstance(inner, requests.RequestException) and inner.args:
+        inner = inner.args[0]
+    if isinstance(inner, u3.MaxRetryError) and inner.reason is not None:
+        inner = inner.reason
+    for kind, name in _URLLIB3_REASONS:
+        if isinstance(inner, kind):
+            return name
+    if isinstance(error, requests.ConnectionError | ConnectionError):
+        return "connection_error"
+    return getattr(error, "reason_key", None) or type(error).__name__
+
+
+_REQUESTS_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (requests.ConnectTimeout, "connect_timeout"),
+    (requests.ReadTimeout, "read_timeout"),
+    (requests.exceptions.ChunkedEncodingError, "broken_body"),
+    (requests.exceptions.ContentDecodingError, "decode_error"),
+)
+_URLLIB3_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (u3.NewConnectionError, "connection_error"),  # a subclass of ConnectTimeoutError in urllib3 2
+    (u3.ConnectTimeoutError, "connect_timeout"),
+    (u3.ReadTimeoutError, "read_timeout"),
+    (u3.ProtocolError, "connection_error"),
+)
+
+
+class TallyRetry(Retry):
+    """urllib3's ``Retry``, plus: a tally of each retry by reason, and a wait a cancel event cuts short.
+
+    urllib3 copies the object on every increment (``new``); the tally and the event travel along.
+    A ``Retry-After`` header urllib3 cannot parse falls back to the backoff instead of raising.
+    """
+
+    tally: RetryStats | None = None
+    cancel: threading.Event | None = None
+
+    def new(self, **kw: Any) -> Self:
+        copy = super().new(**kw)
+        copy.tally, copy.cancel = self.tally, self.cancel
+        return copy
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Self:  # fmt: skip
+        try:
+            new = super().increment(method, url, response, error, _pool, _stacktrace)
+        except u3.MaxRetryError as exc:
+            exc.attempts = len(self.history) + 1  # type: ignore[attr-defined]  # read by get()
+            raise
+        if self.tally is not None:
+            self.tally.add(retry_reason(response, error))
+        return new
+
+    def sleep(self, response: Any = None) -> None:
+        delay = None
+        if self.respect_retry_after_header and response is not None:
+            try:
+                delay = self.get_retry_after(response)
+            except u3.InvalidHeader:
+                delay = None
+        if not delay:
+            delay = self.get_backoff_time()
+        if self.cancel is None:
+            if delay > 0:
+                threading.Event().wait(delay)
+        elif self.cancel.wait(delay):
+            raise Cancelled("cancelled while waiting to retry")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: ``retries`` extra attempts after the first, timeouts, redirects, chunk size.
+
+    The waits are urllib3's: the first retry at once, then ``backoff_seconds * 2**(n-2)`` plus a
+    jitter of up to ``backoff_seconds`` (so threads hit by the same 429 do not return in lock-step),
+    capped at ``max_backoff_seconds``; a ``Retry-After`` replaces it, capped the same way (a hostile
+    or confused server cannot stall a run for hours).
+    """
+
+    retries: int = 8
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+    connect_timeout: float = 3.05
+    read_timeout: float = 60.0
+    retry_statuses: frozenset[int] = RETRY_STATUSES
+    max_redirects: int = 3
+    chunk_size: int = 256 * 1024
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """The (connect, read) timeout tuple requests expects; read = the longest gap between bytes."""
+        return (self.connect_timeout, self.read_timeout)
+
+    def retry(self, stats: RetryStats | None = None, cancel: threading.Event | None = None) -> TallyRetry:
+        """A fresh urllib3 ``Retry`` for this policy (``stats`` tallies, ``cancel`` cuts waits short)."""
+        cap = max(0.0, self.max_backoff_seconds)
+        retry = TallyRetry(
+            total=self.retries,
+            redirect=0,  # never followed by urllib3: redirects are checked by hand (``_open``)
+            raise_on_redirect=False,
+            allowed_methods=frozenset({"GET"}),
+            status_forcelist=self.retry_statuses,
+            backoff_factor=max(0.0, self.backoff_seconds) / 2,
+            backoff_jitter=max(0.0, self.backoff_seconds),
+            backoff_max=cap,
+            respect_retry_after_header=True,
+            retry_after_max=cap,  # type: ignore[arg-type]  # urllib3 compares, a float works
+            raise_on_status=False,  # the last answer comes back, so its status and message are seen
+        )
+        retry.tally, retry.cancel = stats, cancel
+        return retry
 
 
 # ----------------------------------------------------------------------------------------------- guard
@@ -199,18 +267,18 @@ def make_session(
     pool_size: int = 16,
     accept: str = "application/json",
     proxies: Mapping[str, str] | None = None,
+    retry: Retry | None = None,
 ) -> requests.Session:
-    """An anonymous session: fixed headers, a pool of ``pool_size`` connections, no hidden retries.
+    """An anonymous session: fixed headers, ``pool_size`` pooled connections, ``retry`` on every request.
 
-    ``trust_env`` is off so that no ``~/.netrc`` credentials or proxy variables are picked up
-    implicitly; pass ``proxies`` explicitly if the network needs one.
+    ``retry=None`` mounts no retries at all: for ``download_to``, which drives its own ``Retry`` so
+    that broken bodies and bad statuses share one budget. ``trust_env`` is off so that no
+    ``~/.netrc`` credentials or proxy variables are picked up implicitly; pass ``proxies`` explicitly.
     """
     session = requests.Session()
     session.trust_env = False
     session.headers.update({"User-Agent": user_agent, "Accept": accept})
-    # max_retries=0: urllib3 must not retry behind our back (it cannot see broken bodies anyway,
-    # and would double the attempt count); pool_maxsize: one connection per worker thread.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=retry or 0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     if proxies:
@@ -218,7 +286,7 @@ def make_session(
     return session
 
 
-# ---------------------------------------------------------------------------------------- retry engine
+# ------------------------------------------------------------------------------------------------- get
 
 
 class HttpError(DataError):
@@ -233,44 +301,12 @@ class HttpError(DataError):
         super().__init__(f"GET {url} failed{tries}: {message}")
 
 
-class _Retry(Exception):
-    """One attempt failed in a way worth retrying."""
-
-    def __init__(self, reason: str, detail: str, wait: float | None = None, status: int | None = None):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.wait = wait
-        self.status = status
-
-
-class _Fail(Exception):
-    """Give up now (or retries are exhausted); ``attempts`` is filled in by ``_run``."""
+class _Refused(Exception):
+    """A URL or redirect the guard refuses, or too many redirects: never retried."""
 
     def __init__(self, detail: str, status: int | None = None) -> None:
         super().__init__(detail)
-        self.detail = detail
-        self.status = status
-        self.attempts = 0
-
-
-def _classify(exc: BaseException) -> str:
-    """A short, stable retry reason for a network exception (used as a report key)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return "connect_timeout"
-    if isinstance(exc, requests.ReadTimeout):
-        return "read_timeout"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return "broken_body"
-    if isinstance(exc, requests.exceptions.ContentDecodingError):
-        return "decode_error"
-    if isinstance(exc, requests.ConnectionError):
-        # requests reports a read timeout in the middle of a streamed body as a ConnectionError.
-        inner = exc.args[0] if exc.args else None
-        if isinstance(inner, urllib3.exceptions.ReadTimeoutError):
-            return "read_timeout"
-        return "connection_error"
-    return type(exc).__name__
+        self.detail, self.status = detail, status
 
 
 def server_message(resp: requests.Response) -> str:
@@ -287,108 +323,40 @@ def server_message(resp: requests.Response) -> str:
         if isinstance(detail, str):
             return detail
         if isinstance(detail, list):
-            parts = []
-            for item in detail:
-                if isinstance(item, dict):
-                    loc = ".".join(str(x) for x in item.get("loc", []))
-                    parts.append(f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item)))
-                else:
-                    parts.append(str(item))
-            return "; ".join(parts)
+            return "; ".join(_detail_item(item) for item in detail)
     return json.dumps(body)[:300]
 
 
-def _run(
-    attempt_fn: Callable[[], T],
-    policy: RetryPolicy,
-    what: str,
-    rng: random.Random,
-    stats: RetryStats | None,
-    cancel: threading.Event | None,
-) -> tuple[T, int]:
-    """Call ``attempt_fn`` until it returns, raises ``_Fail``, or retries run out (-> ``_Fail``)."""
-    attempt = 0
-    while True:
-        attempt += 1
-        if cancel is not None and cancel.is_set():
-            fail = _Fail("cancelled")
-            fail.attempts = attempt - 1
-            raise fail
-        try:
-            return attempt_fn(), attempt
-        except _Fail as fail:
-            fail.attempts = attempt
-            raise
-        except _Retry as retry:
-            if attempt > policy.retries:
-                fail = _Fail(f"{retry.detail} (retries exhausted)", status=retry.status)
-                fail.attempts = attempt
-                raise fail from None
-            delay = policy.backoff(attempt, rng) if retry.wait is None else retry.wait
-            delay = min(max(0.0, delay), policy.max_backoff_seconds)
-            if stats is not None:
-                stats.add(retry.reason)
-            log.info("%s: %s; retry %d/%d in %.2fs", what, retry.detail, attempt, policy.retries, delay)
-            if cancel is not None:
-                if cancel.wait(delay):
-                    fail = _Fail("cancelled")
-                    fail.attempts = attempt
-                    raise fail from None
-            elif delay > 0:
-                time.sleep(delay)
+def _detail_item(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    loc = ".".join(str(x) for x in item.get("loc", []))
+    return f"{loc}: {item.get('msg', item)}" if loc else str(item.get("msg", item))
 
 
-def _open(
-    session: requests.Session,
-    url: str,
-    params: Mapping[str, Any] | None,
-    policy: RetryPolicy,
-    url_guard: Callable[[str], str | None] | None,
-    stream: bool,
-    headers: Mapping[str, str] | None = None,
-) -> requests.Response:
+def _open(session: requests.Session, url: str, params: Mapping[str, Any] | None, policy: RetryPolicy,
+          url_guard: UrlCheck | None, stream: bool, headers: Mapping[str, str] | None = None,
+          ) -> requests.Response:  # fmt: skip
     """GET ``url``, following at most ``policy.max_redirects`` redirects by hand.
 
     Every redirect target is checked by ``url_guard`` before anything connects to it, so a
-    redirect to a foreign host fails without a single packet sent there.
+    redirect to a foreign host fails without a single packet (or DNS lookup) sent there.
     """
-    if url_guard is not None:
-        why = url_guard(url)
-        if why:
-            raise _Fail(f"URL not allowed: {why}")
+    if url_guard is not None and (why := url_guard(url)):
+        raise _Refused(f"URL not allowed: {why}")
     for _hop in range(policy.max_redirects + 1):
-        resp = session.get(
-            url,
-            params=params,
-            timeout=policy.timeout,
-            allow_redirects=False,
-            stream=stream,
-            headers=headers,
-        )
+        resp = session.get(url, params=params, timeout=policy.timeout, allow_redirects=False,
+                           stream=stream, headers=headers)  # fmt: skip
         if not resp.is_redirect:
             return resp
         target = urljoin(resp.url, resp.headers["Location"])
         resp.close()
-        why = url_guard(target) if url_guard is not None else None
-        if why:
+        if url_guard is not None and (why := url_guard(target)):
             host = urlsplit(target).hostname or "?"
-            raise _Fail(f"redirect to disallowed host {host} ({target}): {why}", status=resp.status_code)
+            raise _Refused(f"redirect to disallowed host {host} ({target}): {why}", resp.status_code)
         log.debug("following redirect %s -> %s", url, target)
         url, params = target, None  # the Location already carries its own query string
-    raise _Fail(f"too many redirects (more than {policy.max_redirects})")
-
-
-def _check_status(resp: requests.Response, policy: RetryPolicy) -> None:
-    """Raise ``_Retry`` for retryable statuses and ``_Fail`` for any other non-2xx answer."""
-    status = resp.status_code
-    if 200 <= status < 300:
-        return
-    message = f"HTTP {status}: {server_message(resp)}"
-    resp.close()
-    if status in policy.retry_statuses:
-        wait = parse_retry_after(resp.headers.get("Retry-After"))
-        raise _Retry(f"http_{status}", message, wait=wait, status=status)
-    raise _Fail(message, status=status)
+    raise _Refused(f"too many redirects (more than {policy.max_redirects})")
 
 
 def _display_url(url: str, params: Mapping[str, Any] | None) -> str:
@@ -400,74 +368,51 @@ def _display_url(url: str, params: Mapping[str, Any] | None) -> str:
         return url
 
 
-def _get(
-    session: requests.Session,
-    url: str,
-    params: Mapping[str, Any] | None,
-    policy: RetryPolicy,
-    url_guard: Callable[[str], str | None] | None,
-    stats: RetryStats | None,
-    cancel: threading.Event | None,
-) -> requests.Response:
-    shown = _display_url(url, params)
-
-    def attempt() -> requests.Response:
-        try:
-            resp = _open(session, url, params, policy, url_guard, stream=False)
-        except _RETRYABLE_EXC as exc:
-            raise _Retry(_classify(exc), f"{type(exc).__name__}: {exc}") from exc
-        except requests.RequestException as exc:
-            raise _Fail(f"{type(exc).__name__}: {exc}") from exc
-        _check_status(resp, policy)
-        return resp
-
-    try:
-        resp, _ = _run(attempt, policy, f"GET {shown}", policy.rng(shown), stats, cancel)
-    except _Fail as fail:
-        raise HttpError(shown, fail.detail, fail.status, fail.attempts) from None
-    return resp
+def _attempts_of(resp_or_exc: Any) -> int:
+    """How many attempts urllib3 made: from a response's ``Retry`` history, or an exhausted error."""
+    retries = getattr(getattr(resp_or_exc, "raw", None), "retries", None)
+    if retries is not None:
+        return len(retries.history) + 1
+    inner = resp_or_exc.args[0] if getattr(resp_or_exc, "args", None) else None
+    return int(getattr(inner, "attempts", 1))
 
 
-def get_json(
+def get(
     session: requests.Session,
     url: str,
     params: Mapping[str, Any] | None = None,
     policy: RetryPolicy | None = None,
     *,
-    url_guard: Callable[[str], str | None] | None = None,
-    stats: RetryStats | None = None,
-    cancel: threading.Event | None = None,
+    decode: Literal["json", "text"] = "json",
+    url_guard: UrlCheck | None = None,
 ) -> Any:
-    """GET ``url`` (``params`` encoded by requests, never spliced by hand) and decode the JSON body.
+    """GET ``url`` (``params`` encoded by requests, never spliced by hand) and decode the body.
 
-    Retries 429/5xx (``Retry-After`` honoured) and dropped connections per ``policy``; raises
-    ``HttpError`` with the status and the server's message on any other error or when retries run out.
+    ``decode="json"`` returns the parsed JSON, ``"text"`` the text (UTF-8 unless the server says
+    otherwise). Retries are those mounted on ``session`` (``make_session(retry=policy.retry())``);
+    ``policy`` gives the timeouts and the redirect limit. Raises ``HttpError`` with the status and
+    the server's message on any other error or when retries run out; ``Cancelled`` when cancelled.
     """
     policy = policy or RetryPolicy()
-    resp = _get(session, url, params, policy, url_guard, stats, cancel)
+    shown = _display_url(url, params)
+    try:
+        resp = _open(session, url, params, policy, url_guard, stream=False)
+    except _Refused as exc:
+        raise HttpError(shown, exc.detail, exc.status) from None
+    except requests.RequestException as exc:
+        raise HttpError(shown, f"{type(exc).__name__}: {exc}", attempts=_attempts_of(exc)) from None
+    if not 200 <= resp.status_code < 300:
+        message = f"HTTP {resp.status_code}: {server_message(resp)}"
+        raise HttpError(shown, message, resp.status_code, _attempts_of(resp))
+    if decode == "text":
+        if resp.encoding is None or resp.encoding.lower() == "iso-8859-1":
+            # requests falls back to latin-1 for text/* without a charset; our payloads are UTF-8.
+            resp.encoding = "utf-8"
+        return resp.text
     try:
         return resp.json()
     except ValueError:
-        raise HttpError(resp.url, f"response is not JSON: {resp.text[:200]!r}", resp.status_code) from None
-
-
-def get_text(
-    session: requests.Session,
-    url: str,
-    params: Mapping[str, Any] | None = None,
-    policy: RetryPolicy | None = None,
-    *,
-    url_guard: Callable[[str], str | None] | None = None,
-    stats: RetryStats | None = None,
-    cancel: threading.Event | None = None,
-) -> str:
-    """Like ``get_json`` but returns the body as text (decoded as the server says, else UTF-8)."""
-    policy = policy or RetryPolicy()
-    resp = _get(session, url, params, policy, url_guard, stats, cancel)
-    if resp.encoding is None or resp.encoding.lower() == "iso-8859-1":
-        # requests falls back to latin-1 for text/* without a charset; our payloads are UTF-8.
-        resp.encoding = "utf-8"
-    return resp.text
+        raise HttpError(shown, f"response is not JSON: {resp.text[:200]!r}", resp.status_code) from None
 
 
 # -------------------------------------------------------------------------------------------- download
@@ -486,6 +431,31 @@ class DownloadResult:
     status: int | None = None
 
 
+class _Again(Exception):
+    """One attempt failed in a way ``Retry`` may retry: a status (``response``) or an ``error``."""
+
+    def __init__(self, detail: str, response: Any = None, error: BaseException | None = None,
+                 status: int | None = None) -> None:  # fmt: skip
+        super().__init__(detail)
+        self.detail, self.response, self.error, self.status = detail, response, error, status
+
+
+class SizeMismatch(Exception):
+    """The body's length is not the one promised; ``consistent``: it matched its own Content-Length."""
+
+    reason_key = "size_mismatch"
+
+    def __init__(self, detail: str, consistent: bool) -> None:
+        super().__init__(detail)
+        self.consistent = consistent
+
+
+class ShortBody(Exception):
+    """The connection ended before the announced Content-Length."""
+
+    reason_key = "short_body"
+
+
 def partial_files(folder: Path) -> Iterable[Path]:
     """The hidden ``.*.partial`` temp files ``download_to`` (or a killed run of it) left in ``folder``."""
     folder = Path(folder)
@@ -494,13 +464,87 @@ def partial_files(folder: Path) -> Iterable[Path]:
     return sorted(p for p in folder.glob(f".*{PARTIAL_SUFFIX}") if p.is_file())
 
 
+@dataclass
+class _Fetch:
+    """The fixed arguments of one ``download_to`` call, shared by its attempts."""
+
+    session: requests.Session
+    url: str
+    dest: Path
+    expected_size: int | None
+    policy: RetryPolicy
+    url_guard: UrlCheck | None
+    cancel: threading.Event | None
+    on_bytes: Callable[[int], None] | None
+
+    def once(self) -> int:
+        """One attempt: stream the body into a temp file and rename it into place; bytes written."""
+        try:
+            # identity: the size to check is the stored blob's, not a re-encoded transfer.
+            resp = _open(self.session, self.url, None, self.policy, self.url_guard, True,
+                         {"Accept-Encoding": "identity"})  # fmt: skip
+        except RETRYABLE_ERRORS as exc:
+            raise _Again(f"{type(exc).__name__}: {exc}", error=exc) from exc
+        with resp:
+            status = resp.status_code
+            if not 200 <= status < 300:
+                message = f"HTTP {status}: {server_message(resp)}"
+                if status in self.policy.retry_statuses:
+                    raise _Again(message, response=resp.raw, status=status)
+                raise _Refused(message, status)
+            declared = _content_length(resp)
+            if self.expected_size is not None and declared is not None and declared != self.expected_size:
+                # Known from the headers alone: no need to download a body that cannot be kept.
+                detail = f"got Content-Length {declared}, expected {self.expected_size} (files.full.size)"
+                raise _Again(detail, error=SizeMismatch(detail, consistent=True))
+            try:
+                return self._stream(resp, declared)
+            except RETRYABLE_ERRORS as exc:  # the body broke off mid-way
+                raise _Again(f"{type(exc).__name__}: {exc}", error=exc) from exc
+
+    def _stream(self, resp: requests.Response, declared: int | None) -> int:
+        written = 0
+        try:
+            with atomic.atomic_path(self.dest) as tmp, open(tmp, "wb") as fh:
+                for chunk in resp.iter_content(self.policy.chunk_size):
+                    if self.cancel is not None and self.cancel.is_set():
+                        raise Cancelled("cancelled")
+                    fh.write(chunk)
+                    written += len(chunk)
+                    if self.on_bytes is not None:
+                        self.on_bytes(len(chunk))
+                    if self.expected_size is not None and written > self.expected_size:
+                        # Stop reading: a body longer than announced is wrong whatever follows.
+                        detail = f"body exceeds the expected {self.expected_size} bytes"
+                        raise _Again(detail, error=SizeMismatch(detail, consistent=False))
+                if declared is not None and written < declared:
+                    detail = f"body ended after {written} of {declared} bytes"
+                    raise _Again(detail, error=ShortBody(detail))
+                if self.expected_size is not None and written != self.expected_size:
+                    detail = f"got {written} bytes, expected {self.expected_size} (files.full.size)"
+                    raise _Again(detail, error=SizeMismatch(detail, consistent=declared == written))
+                fh.flush()
+            return written
+        except BaseException:
+            if written and self.on_bytes is not None:
+                self.on_bytes(-written)  # the attempt's bytes were thrown away
+            raise
+
+
+def _content_length(resp: requests.Response) -> int | None:
+    try:
+        return int(resp.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def download_to(
     session: requests.Session,
     url: str,
     dest: Path,
     expected_size: int | None,
     policy: RetryPolicy | None = None,
-    url_guard: Callable[[str], str | None] | None = None,
+    url_guard: UrlCheck | None = None,
     *,
     stats: RetryStats | None = None,
     cancel: threading.Event | None = None,
@@ -510,75 +554,45 @@ def download_to(
 
     The body goes to a hidden ``.<dest.name>.<random>.partial`` file in ``dest``'s folder and is
     renamed over ``dest`` only if it is complete: as long as its ``Content-Length`` and, when
-    ``expected_size`` is given, exactly that long. Retried per ``policy``: 429/5xx (with
-    ``Retry-After``), connect/read timeouts, connections dropped mid-body, short bodies and size
-    mismatches. Redirects are followed by hand (at most ``policy.max_redirects``) and only to URLs
-    ``url_guard`` admits; other non-2xx statuses fail at once. ``on_bytes(n)`` is called for each
-    chunk written (and with a negative count when an attempt's bytes are thrown away), e.g. for a
-    progress bar. ``cancel``, when set, stops the download between chunks and during backoff.
+    ``expected_size`` is given, exactly that long. ``session`` should mount no retries
+    (``make_session(retry=None)``): this loop drives ``policy.retry`` itself, so that statuses
+    (429/5xx, ``Retry-After``), connect/read errors, bodies that break mid-way or end short and
+    size mismatches share one budget and one backoff. Redirects are followed by hand (at most
+    ``policy.max_redirects``) and only to URLs ``url_guard`` admits; other non-2xx statuses fail at
+    once. ``on_bytes(n)`` is called for each chunk written (negative when an attempt's bytes are
+    thrown away). ``cancel``, when set, stops the download between chunks and during waits.
+    Raises ``DiskFull`` when the disk is full (every other file would fail the same way).
     """
     policy = policy or RetryPolicy()
     dest = Path(dest)
-
-    def attempt() -> int:
-        written = 0
-        tmp: Path | None = None
+    fetch = _Fetch(session, url, dest, expected_size, policy, url_guard, cancel, on_bytes)
+    retry = policy.retry(stats, cancel)
+    attempts = 0
+    while True:
+        attempts += 1
         try:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            nbytes = fetch.once()
+            return DownloadResult(url, dest, ok=True, nbytes=nbytes, attempts=attempts)
+        except _Again as again:
             try:
-                # identity: the size to check is the stored blob's, not a re-encoded transfer.
-                resp = _open(session, url, None, policy, url_guard, True, {"Accept-Encoding": "identity"})
-            except _RETRYABLE_EXC as exc:
-                raise _Retry(_classify(exc), f"{type(exc).__name__}: {exc}") from exc
-            except requests.RequestException as exc:
-                raise _Fail(f"{type(exc).__name__}: {exc}") from exc
-            with resp:
-                _check_status(resp, policy)
-                try:
-                    declared: int | None = int(resp.headers["Content-Length"])
-                except (KeyError, ValueError):
-                    declared = None
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent)
-                tmp = Path(name)
-                with os.fdopen(fd, "wb") as fh:
-                    for chunk in resp.iter_content(policy.chunk_size):
-                        if cancel is not None and cancel.is_set():
-                            raise _Fail("cancelled")
-                        fh.write(chunk)
-                        written += len(chunk)
-                        if on_bytes is not None:
-                            on_bytes(len(chunk))
-                        if expected_size is not None and written > expected_size:
-                            # Stop reading: a body longer than announced is wrong whatever follows.
-                            raise _Retry(
-                                "size_mismatch",
-                                f"body exceeds the expected {expected_size} bytes",
-                            )
-            if declared is not None and written < declared:
-                raise _Retry("short_body", f"body ended after {written} of {declared} bytes")
-            if expected_size is not None and written != expected_size:
-                raise _Retry(
-                    "size_mismatch", f"got {written} bytes, expected {expected_size} (files.full.size)"
-                )
-            os.replace(tmp, dest)
-            tmp = None
-            return written
-        except _RETRYABLE_EXC as exc:  # raised while streaming the body
-            raise _Retry(_classify(exc), f"{type(exc).__name__}: {exc}") from exc
+                retry = retry.increment("GET", url, response=again.response, error=again.error)
+            except u3.MaxRetryError:
+                return DownloadResult(url, dest, False, 0, attempts, f"{again.detail} (retries exhausted)",
+                                      again.status)  # fmt: skip
+            log.info("download %s: %s; retry %d/%d", url, again.detail, attempts, policy.retries)
+            try:
+                retry.sleep(again.response)
+            except Cancelled:
+                return DownloadResult(url, dest, False, 0, attempts, "cancelled")
+        except _Refused as exc:
+            return DownloadResult(url, dest, False, 0, attempts, exc.detail, exc.status)
+        except Cancelled:
+            return DownloadResult(url, dest, False, 0, attempts, "cancelled")
         except requests.RequestException as exc:  # before OSError: requests' errors subclass it
-            raise _Fail(f"{type(exc).__name__}: {exc}") from exc
-        except OSError as exc:  # our side: disk full, permissions (requests errors are caught above)
-            raise _Fail(f"cannot write {dest}: {exc}") from exc
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-                if on_bytes is not None and written:
-                    on_bytes(-written)
-
-    try:
-        nbytes, attempts = _run(attempt, policy, f"download {url}", policy.rng(url), stats, cancel)
-    except _Fail as fail:
-        return DownloadResult(
-            url=url, dest=dest, ok=False, attempts=fail.attempts, reason=fail.detail, status=fail.status
-        )
-    return DownloadResult(url=url, dest=dest, ok=True, nbytes=nbytes, attempts=attempts)
+            return DownloadResult(url, dest, False, 0, attempts, f"{type(exc).__name__}: {exc}")
+        except OSError as exc:  # our side: disk full, permissions
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFull(f"no space left on the device to write {dest}: {exc}") from exc
+            return DownloadResult(url, dest, False, 0, attempts, f"cannot write {dest}: {exc}")
