@@ -1,11 +1,33 @@
-"""params.yaml validation: unknown keys, wrong types and ranges fail before any work."""
+"""params.yaml validation: unknown keys, wrong types and ranges fail before any work.
 
+Every rule of the schema has a case below, and each bad file is also refused by ``melanoma check``
+(exit 2) exactly as a run refuses it, before anything is written.
+"""
+
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from melanoma.config import Params, flatten, load_params, params_from_dict
+from melanoma import config
+from melanoma.config import (
+    MODEL_NAMES,
+    AugmentParams,
+    BaselineParams,
+    ChallengeParams,
+    CnnParams,
+    IsicParams,
+    Params,
+    PrepareParams,
+    SplitParams,
+    SyntheticParams,
+    TrainParams,
+    flatten,
+    load_params,
+    params_from_dict,
+)
 from melanoma.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,31 +42,272 @@ def test_repository_params_are_valid() -> None:
 
 def test_empty_file_gives_defaults() -> None:
     assert params_from_dict(None) == Params()
+    assert params_from_dict({}) == Params()
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({"prepare": {"image_sise": 100}}, "unknown key 'prepare.image_sise' (did you mean 'image_size'?)"),
-        ({"prepar": {}}, "unknown key 'prepar' (did you mean 'prepare'?)"),
-        ({"prepare": {"image_size": "100"}}, "'prepare.image_size' must be int, got str '100'"),
-        ({"prepare": {"image_size": 100.5}}, "'prepare.image_size' must be int"),
-        ({"prepare": {"draft": "yes"}}, "'prepare.draft' must be bool"),
-        ({"prepare": {"fit": "stretch"}}, "'prepare.fit' must be one of 'crop', 'squash', 'pad'"),
-        ({"split": {"test_fraction": 1.5}}, "'split.test_fraction' must be between 0 and 1"),
-        ({"split": {"group_by": "patient_id"}}, "'split.group_by' must be a list of str"),
-        ({"baseline": {"candidates": ["svm"]}}, "'baseline.candidates[0]' must be one of"),
-        ({"train": {"target_sensitivity": "high"}}, "'train.target_sensitivity' must be float or null"),
-        ({"base": {"seed": True}}, "'base.seed' must be int, got bool"),
-        ({"ingest": {"synthetic": {"min_width": 900, "max_width": 800}}}, "max_width"),
-        ({"ingest": {"source": "web"}}, "'ingest.source' must be one of 'synthetic', 'isic'"),
-        ({"prepare": 3}, "'prepare' must be a mapping"),
-    ],
-)
+# (bad params, a fragment of the message): one case per rule, with the dotted key in every message.
+BAD: list[tuple[dict[str, Any], str]] = [
+    # unknown keys, with the nearest valid key
+    (
+        {"prepare": {"image_sise": 100}},
+        "unknown key 'prepare.image_sise' (did you mean 'prepare.image_size'?)",
+    ),
+    ({"prepar": {}}, "unknown key 'prepar' (did you mean 'prepare'?)"),
+    (
+        {"train": {"augment": {"zom": 0.1}}},
+        "unknown key 'train.augment.zom' (did you mean 'train.augment.zoom'?)",
+    ),
+    ({"ingest": {"isic": {"max_backof_seconds": 5}}}, "did you mean 'ingest.isic.max_backoff_seconds'?"),
+    ({"prepare": {"seed": 1}}, "unknown key 'prepare.seed' (did you mean 'base.seed'?)"),
+    ({"prepare": {"colour": 1}}, "unknown key 'prepare.colour'; known keys in 'prepare': image_size, fit"),
+    # wrong types
+    (
+        {"prepare": {"image_size": "100"}},
+        "'prepare.image_size' must be an integer between 8 and 1024, got str '100'",
+    ),
+    ({"prepare": {"image_size": 100.5}}, "'prepare.image_size' must be an integer"),
+    ({"prepare": {"draft": "yes"}}, "'prepare.draft' must be true or false, got str 'yes'"),
+    ({"base": {"seed": True}}, "'base.seed' must be an integer >= 0, got bool True"),
+    ({"evaluate": {"ci": "0.9"}}, "'evaluate.ci' must be a number in (0, 1), got str '0.9'"),
+    (
+        {"split": {"group_by": "patient_id"}},
+        "'split.group_by' must be a list, each a string, got str 'patient_id'",
+    ),
+    ({"train": {"devices": [0]}}, "'train.devices[0]' must be a string, got int 0"),
+    (
+        {"train": {"target_sensitivity": "high"}},
+        "'train.target_sensitivity' must be null or a number in (0, 1)",
+    ),
+    ({"prepare": 3}, "'prepare' must be a mapping, got int 3"),
+    ({"train": {"augment": None}}, "'train.augment' must be a mapping, got null"),
+    # choices
+    (
+        {"prepare": {"fit": "stretch"}},
+        "'prepare.fit' must be one of 'crop', 'squash', 'pad', got str 'stretch'",
+    ),
+    ({"ingest": {"source": "web"}}, "'ingest.source' must be one of 'synthetic', 'isic'"),
+    (
+        {"train": {"lr_schedule": "step"}},
+        "'train.lr_schedule' must be one of 'cosine', 'plateau', 'constant'",
+    ),
+    ({"train": {"class_balance": "smote"}}, "'train.class_balance' must be one of"),
+    ({"train": {"strategy": "tpu"}}, "'train.strategy' must be one of"),
+    ({"transfer": {"backbone": "resnet50"}}, "'transfer.backbone' must be one of 'vgg16'"),
+    ({"baseline": {"class_weight": "auto"}}, "'baseline.class_weight' must be one of 'balanced', 'none'"),
+    ({"baseline": {"candidates": ["svm"]}}, "'baseline.candidates[0]' must be one of 'logistic_regression'"),
+    ({"ingest": {"challenge": {"format": 2019}}}, "got int 2019 (quote it in YAML: '2019')"),
+    # bounds
+    ({"base": {"seed": -1}}, "'base.seed' must be an integer >= 0, got -1"),
+    ({"ingest": {"workers": -1}}, "'ingest.workers' must be an integer >= 0"),
+    (
+        {"ingest": {"synthetic": {"n_images": 0}}},
+        "'ingest.synthetic.n_images' must be an integer >= 1, got 0",
+    ),
+    (
+        {"ingest": {"synthetic": {"melanoma_fraction": 1.0}}},
+        "'ingest.synthetic.melanoma_fraction' must be a number in (0, 1)",
+    ),
+    (
+        {"ingest": {"synthetic": {"unlabeled_fraction": -0.1}}},
+        "'ingest.synthetic.unlabeled_fraction' must be a number in [0, 1)",
+    ),
+    (
+        {"ingest": {"synthetic": {"corrupt_count": -1}}},
+        "'ingest.synthetic.corrupt_count' must be an integer >= 0",
+    ),
+    (
+        {"ingest": {"synthetic": {"duplicate_count": -1}}},
+        "'ingest.synthetic.duplicate_count' must be an integer >= 0",
+    ),
+    ({"ingest": {"synthetic": {"min_width": 32}}}, "'ingest.synthetic.min_width' must be an integer >= 64"),
+    (
+        {"ingest": {"synthetic": {"max_images_per_lesion": 0}}},
+        "'ingest.synthetic.max_images_per_lesion' must be",
+    ),
+    (
+        {"ingest": {"synthetic": {"max_lesions_per_patient": 0}}},
+        "'ingest.synthetic.max_lesions_per_patient' must be",
+    ),
+    (
+        {"ingest": {"synthetic": {"jpeg_quality": 101}}},
+        "'ingest.synthetic.jpeg_quality' must be an integer between 1 and 100",
+    ),
+    (
+        {"ingest": {"synthetic": {"min_width": 900, "max_width": 800}}},
+        "'ingest.synthetic.max_width' must be at least min_width (900), got 800",
+    ),
+    ({"ingest": {"isic": {"limit": -1}}}, "'ingest.isic.limit' must be an integer >= 0"),
+    (
+        {"ingest": {"isic": {"concurrency": 0}}},
+        "'ingest.isic.concurrency' must be an integer between 1 and 128, got 0",
+    ),
+    ({"ingest": {"isic": {"retries": -1}}}, "'ingest.isic.retries' must be an integer >= 0"),
+    ({"ingest": {"isic": {"backoff_seconds": -1}}}, "'ingest.isic.backoff_seconds' must be a number >= 0"),
+    ({"ingest": {"isic": {"connect_timeout": 0}}}, "'ingest.isic.connect_timeout' must be a number > 0"),
+    ({"ingest": {"isic": {"read_timeout": -2}}}, "'ingest.isic.read_timeout' must be a number > 0"),
+    ({"prepare": {"image_size": 4}}, "'prepare.image_size' must be an integer between 8 and 1024, got 4"),
+    ({"prepare": {"workers": -2}}, "'prepare.workers' must be an integer >= 0"),
+    ({"split": {"test_fraction": 1.5}}, "'split.test_fraction' must be a number in (0, 1), got 1.5"),
+    ({"split": {"val_fraction": 0}}, "'split.val_fraction' must be a number in (0, 1), got 0"),
+    ({"split": {"group_by": ["patient_id", "patient_id"]}}, "'split.group_by' must not repeat a column"),
+    (
+        {"train": {"target_sensitivity": 1.0}},
+        "'train.target_sensitivity' must be null or a number in (0, 1), got 1.0",
+    ),
+    ({"train": {"epochs": 0}}, "'train.epochs' must be an integer >= 1"),
+    ({"train": {"batch_size": 0}}, "'train.batch_size' must be an integer >= 1"),
+    ({"train": {"learning_rate": 0}}, "'train.learning_rate' must be a number > 0"),
+    ({"train": {"early_stopping_patience": 0}}, "'train.early_stopping_patience' must be an integer >= 1"),
+    ({"train": {"early_stopping_start": -1}}, "'train.early_stopping_start' must be an integer >= 0"),
+    ({"train": {"shuffle_buffer": 0}}, "'train.shuffle_buffer' must be an integer >= 1"),
+    ({"train": {"augment": {"zoom": 0.5}}}, "'train.augment.zoom' must be a number in [0, 0.5), got 0.5"),
+    (
+        {"train": {"augment": {"brightness": 1.5}}},
+        "'train.augment.brightness' must be a number between 0 and 1",
+    ),
+    ({"train": {"augment": {"contrast": 1}}}, "'train.augment.contrast' must be a number in [0, 1)"),
+    ({"train": {"augment": {"saturation": -0.1}}}, "'train.augment.saturation' must be a number in [0, 1)"),
+    ({"cnn": {"filters": []}}, "'cnn.filters' must be a non-empty list, each an integer >= 1, got []"),
+    ({"cnn": {"filters": [16, 0]}}, "'cnn.filters[1]' must be an integer >= 1, got 0"),
+    ({"cnn": {"convs_per_block": 0}}, "'cnn.convs_per_block' must be an integer >= 1"),
+    ({"cnn": {"dense": 0}}, "'cnn.dense' must be an integer >= 1"),
+    ({"cnn": {"dropout": 1}}, "'cnn.dropout' must be a number in [0, 1)"),
+    ({"cnn": {"weight_decay": -1e-4}}, "'cnn.weight_decay' must be a number >= 0"),
+    ({"transfer": {"weights": ""}}, "'transfer.weights' must be a non-empty string"),
+    (
+        {"transfer": {"input_size": 16}},
+        "'transfer.input_size' must be 0 (the prepared size) or at least 32, got 16",
+    ),
+    ({"transfer": {"head_units": 0}}, "'transfer.head_units' must be an integer >= 1"),
+    ({"transfer": {"dropout": 1.0}}, "'transfer.dropout' must be a number in [0, 1)"),
+    ({"transfer": {"head_epochs": 0}}, "'transfer.head_epochs' must be an integer >= 1"),
+    ({"transfer": {"head_learning_rate": 0}}, "'transfer.head_learning_rate' must be a number > 0"),
+    ({"transfer": {"fine_tune_layers": -1}}, "'transfer.fine_tune_layers' must be an integer >= 0"),
+    ({"transfer": {"fine_tune_epochs": -1}}, "'transfer.fine_tune_epochs' must be an integer >= 0"),
+    ({"transfer": {"fine_tune_learning_rate": 0}}, "'transfer.fine_tune_learning_rate' must be a number > 0"),
+    ({"baseline": {"candidates": []}}, "'baseline.candidates' must be a non-empty list"),
+    ({"baseline": {"n_estimators": 0}}, "'baseline.n_estimators' must be an integer >= 1"),
+    ({"baseline": {"max_depth": 0}}, "'baseline.max_depth' must be an integer >= 1"),
+    ({"baseline": {"learning_rate": -0.1}}, "'baseline.learning_rate' must be a number > 0"),
+    ({"evaluate": {"bootstrap": -1}}, "'evaluate.bootstrap' must be an integer >= 0"),
+    ({"evaluate": {"ci": 1}}, "'evaluate.ci' must be a number in (0, 1), got 1"),
+    ({"evaluate": {"calibration_bins": 1}}, "'evaluate.calibration_bins' must be an integer >= 2"),
+    ({"mlflow": {"experiment": ""}}, "'mlflow.experiment' must be a non-empty string"),
+    ({"mlflow": {"registered_model": ""}}, "'mlflow.registered_model' must be a non-empty string"),
+]
+
+# Rules that the ingest sources enforced only at run time (issue 10, item 5): now refused at load.
+BAD_INGEST: list[tuple[dict[str, Any], str]] = [
+    (
+        {"ingest": {"isic": {"base_url": "http://api.isic-archive.com/api/v2/"}}},
+        "'ingest.isic.base_url' must use https (plain http only on loopback",
+    ),
+    (
+        {"ingest": {"isic": {"base_url": "api.isic-archive.com/api/v2/"}}},
+        "'ingest.isic.base_url' must be an http(s) URL",
+    ),
+    (
+        {"ingest": {"isic": {"base_url": "ftp://example.org/"}}},
+        "'ingest.isic.base_url' must be an http(s) URL",
+    ),
+    (
+        {"ingest": {"isic": {"query": 'diagnosis:"melanoma" AND sex:male'}}},
+        "'ingest.isic.query' uses the retired field 'diagnosis:'",
+    ),
+    (
+        {"ingest": {"isic": {"query": "age_approx:50 AND (diagnosis :melanoma)"}}},
+        "'ingest.isic.query' uses the retired",
+    ),
+    (
+        {"ingest": {"isic": {"collections": [70, -3]}}},
+        "'ingest.isic.collections[1]' must be an integer >= 0, got -3",
+    ),
+    (
+        {"ingest": {"isic": {"collections": ["70"]}}},
+        "'ingest.isic.collections[0]' must be an integer >= 0, got str '70'",
+    ),
+    ({"ingest": {"isic": {"collections": [True]}}}, "'ingest.isic.collections[0]' must be an integer"),
+    (
+        {"ingest": {"isic": {"max_backoff_seconds": -5}}},
+        "'ingest.isic.max_backoff_seconds' must be a number > 0, got -5",
+    ),
+    (
+        {"ingest": {"isic": {"max_backoff_seconds": 0}}},
+        "'ingest.isic.max_backoff_seconds' must be a number > 0",
+    ),
+    (
+        {"ingest": {"isic": {"backoff_seconds": 5, "max_backoff_seconds": 1}}},
+        "'ingest.isic.max_backoff_seconds' must be at least backoff_seconds (5.0), got 1.0",
+    ),
+    ({"ingest": {"source": "folder"}}, "'ingest.folder.path' must be set"),
+    (
+        {"ingest": {"source": "challenge"}},
+        "'ingest.challenge.ground_truth' must be set when source is challenge",
+    ),
+    (
+        {"ingest": {"source": "challenge", "challenge": {"ground_truth": "gt.csv"}}},
+        "'ingest.challenge.images' must be set when source is challenge",
+    ),
+    (
+        {"ingest": {"source": "challenge", "challenge": {"download": True, "prefix": "/"}}},
+        "'ingest.challenge.prefix' must be set with download",
+    ),
+    (
+        {
+            "ingest": {
+                "source": "challenge",
+                "challenge": {"download": True, "prefix": "x/", "bucket_url": "http://example.com"},
+            }
+        },
+        "'ingest.challenge.bucket_url' must use https",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD + BAD_INGEST)
 def test_bad_values_name_the_key(data: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         params_from_dict(data)
+    assert str(err.value).startswith("params.yaml: ")
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"ingest": {"isic": {"base_url": "http://127.0.0.1:8123/api/v2/"}}},  # the local fakes
+        {"ingest": {"isic": {"base_url": "http://localhost:8123/api/v2"}}},
+        {"ingest": {"isic": {"base_url": "http://[::1]:8123/api/v2/"}}},
+        {"ingest": {"isic": {"query": 'diagnosis_3:"Melanoma Invasive"'}}},
+        {"ingest": {"isic": {"query": "-diagnosis_1:Benign AND mel_diagnosis:x"}}},
+        {"ingest": {"isic": {"collections": [0, 70], "backoff_seconds": 0, "max_backoff_seconds": 0.01}}},
+        {"ingest": {"source": "folder", "folder": {"path": "data/my_images"}}},
+        {"ingest": {"source": "challenge", "challenge": {"ground_truth": "gt.csv", "images": "imgs"}}},
+        {"ingest": {"source": "challenge", "challenge": {"download": True, "prefix": "challenges/2020/"}}},
+        # a source's settings are required only when that source is selected
+        {"ingest": {"source": "synthetic", "challenge": {"download": True, "bucket_url": "http://x.org"}}},
+        {"ingest": {"challenge": {"format": "2019"}}},
+        {"transfer": {"input_size": 0}},
+        {"transfer": {"input_size": 32}},
+        {"train": {"target_sensitivity": 0.9}},
+    ],
+)
+def test_good_values_pass(data: dict) -> None:
+    params_from_dict(data)
+
+
+def test_several_problems_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as err:
+        params_from_dict({"prepare": {"image_size": 4, "workers": -1}, "cnn": {"filters": [0, "2"]}})
+    text = str(err.value)
+    assert text.startswith("params.yaml: 4 problems:\n")
+    for key in ("prepare.image_size", "prepare.workers", "cnn.filters[0]", "cnn.filters[1]"):
+        assert f"'{key}' must be" in text
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="the top level must be a mapping of sections"):
+        params_from_dict([1, 2])  # type: ignore[arg-type]
 
 
 def test_ints_accepted_for_floats_and_lists_become_tuples() -> None:
@@ -52,7 +315,9 @@ def test_ints_accepted_for_floats_and_lists_become_tuples() -> None:
         {"split": {"test_fraction": 0.25, "group_by": ["lesion_id"]}, "evaluate": {"ci": 0.9}}
     )
     assert params.split.group_by == ("lesion_id",)
-    assert isinstance(params_from_dict({"baseline": {"learning_rate": 1}}).baseline.learning_rate, float)
+    lr = params_from_dict({"baseline": {"learning_rate": 1}}).baseline.learning_rate
+    assert isinstance(lr, float) and lr == 1.0
+    assert params_from_dict({"ingest": {"isic": {"collections": [70]}}}).ingest.isic.collections == (70,)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
@@ -64,22 +329,129 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
         load_params(tmp_path / "nope.yaml")
 
 
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "other.yaml"
+    path.write_text("train:\n  augment:\n    zoom: 0.9\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: 'train.augment.zoom' must be a number in [0, 0.5), got 0.9"
+
+
 def test_flatten_gives_dotted_scalar_keys() -> None:
     flat = flatten(Params())
     assert flat["prepare.image_size"] == 100
     assert flat["ingest.synthetic.n_images"] == Params().ingest.synthetic.n_images
     assert flat["split.group_by"] == "patient_id,lesion_id"
+    assert flat["train.augment.zoom"] == pytest.approx(0.1)
     assert all(not isinstance(v, dict | tuple | list) for v in flat.values())
+    assert flatten(TrainParams(), "train.")["train.epochs"] == 35
 
 
-def test_cli_check_rejects_bad_params(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sections_stay_plain_frozen_dataclasses() -> None:
+    """What stages, tests and benchmarks rely on: asdict, replace, kwargs and positional construction."""
+    params = Params()
+    assert dataclasses.is_dataclass(params) and MODEL_NAMES == ("baseline", "cnn", "transfer")
+    data = dataclasses.asdict(params)
+    assert data["split"]["group_by"] == ("patient_id", "lesion_id")
+    assert params_from_dict(data) == params  # asdict round-trips (benchmarks rebuild params this way)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.prepare.image_size = 64  # type: ignore[misc]
+    changed = dataclasses.replace(params, train=TrainParams(epochs=2), cnn=CnnParams(filters=(4, 8)))
+    assert changed.train.epochs == 2 and changed.cnn.filters == (4, 8) and changed.prepare == params.prepare
+    assert AugmentParams(False, False, 0, 0, 0, 0).zoom == 0.0
+    assert SyntheticParams(n_images=200).n_images == 200
+    assert SplitParams(group_by=["lesion_id"]).group_by == ("lesion_id",)  # type: ignore[arg-type]
+    assert hash(PrepareParams()) == hash(PrepareParams())
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: SyntheticParams(n_images=0), "invalid SyntheticParams: 'ingest.synthetic.n_images' must be"),
+        (
+            lambda: PrepareParams(imagesize=64),
+            "unknown key 'prepare.imagesize' (did you mean 'prepare.image_size'?)",
+        ),
+        (lambda: IsicParams(base_url="http://example.com/"), "'ingest.isic.base_url' must use https"),
+        (
+            lambda: IsicParams(max_backoff_seconds=-5),
+            "'ingest.isic.max_backoff_seconds' must be a number > 0",
+        ),
+        (lambda: BaselineParams(candidates=("svm",)), "'baseline.candidates[0]' must be one of"),
+        (lambda: dataclasses.replace(TrainParams(), epochs=0), "'train.epochs' must be an integer >= 1"),
+        (
+            lambda: AugmentParams(True, True, 0.7),
+            "'train.augment.zoom' must be a number in [0, 0.5), got 0.7",
+        ),
+    ],
+)
+def test_direct_construction_is_validated_too(build: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert message in str(err.value)
+
+
+def test_section_rules_apply_to_direct_construction() -> None:
+    # A section's own rules hold wherever it is built; rules that depend on ingest.source do not.
+    with pytest.raises(ConfigError, match="'ingest.synthetic.max_width' must be at least min_width"):
+        SyntheticParams(min_width=300, max_width=200)
+    assert ChallengeParams(download=True, bucket_url="http://example.com").download
+
+
+def test_no_hand_written_rule_table() -> None:
+    """The rules live beside the fields (pydantic), not in a dotted-key table."""
+    assert not hasattr(config, "_RULES")
+
+
+def write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_cli_check_accepts_the_committed_params(capsys: pytest.CaptureFixture) -> None:
     from melanoma.cli import main
 
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"prepare": {"image_size": "big"}}))
+    assert main(["--params", str(REPO / "params.yaml"), "check"]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("data", "message"), BAD + BAD_INGEST)
+def test_cli_check_rejects_what_a_run_rejects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, data: dict, message: str
+) -> None:
+    from melanoma.cli import main
+
+    path = write(tmp_path / "params.yaml", data)
     assert main(["--params", str(path), "check"]) == 2
-    path.write_text(yaml.safe_dump({"prepare": {"image_size": 64}}))
+    assert message in caplog.text
+
+
+def test_cli_check_rejects_bad_params(tmp_path: Path) -> None:
+    from melanoma.cli import main
+
+    path = write(tmp_path / "params.yaml", {"prepare": {"image_size": "big"}})
+    assert main(["--params", str(path), "check"]) == 2
+    write(path, {"prepare": {"image_size": 64}})
     assert main(["--params", str(path), "check"]) == 0
+
+
+@pytest.mark.parametrize(
+    "isic",
+    [
+        {"base_url": "http://example.com/api/v2/"},
+        {"query": 'diagnosis:"melanoma"'},
+        {"collections": [-1]},
+        {"max_backoff_seconds": -5},
+    ],
+)
+def test_refused_isic_run_writes_nothing(tmp_path: Path, isic: dict[str, Any]) -> None:
+    """A bad ISIC setting stops `melanoma ingest` at load: no request, no empty data/raw/images."""
+    from melanoma.cli import main
+
+    path = write(tmp_path / "params.yaml", {"ingest": {"source": "isic", "isic": isic}})
+    raw = tmp_path / "data" / "raw"
+    assert main(["--params", str(path), "ingest", "--out", str(raw)]) == 2
+    assert not raw.exists()
 
 
 def test_params_yaml_spells_out_the_defaults() -> None:

@@ -1,215 +1,360 @@
 """Typed pipeline parameters: loaded from params.yaml once, validated strictly, with clear errors.
 
-Every knob of the pipeline lives in one dataclass below; ``load_params`` rejects unknown keys
-(with a "did you mean" hint) and wrong types (naming the dotted key and the expected type)
-before any stage does work. Only the CLI calls ``load_params``; library code takes the typed
-dataclasses (or plain values) as arguments.
+Every knob of the pipeline is a field of one section below, declared with pydantic: its type, its
+bounds (``Field(ge=..., le=...)``) and its choices (``Literal[...]``) sit beside it, unknown keys are
+forbidden, and the few rules that relate two fields are validators of their section. ``melanoma check``
+runs exactly this validation, so it accepts what a run accepts. Every failure is a ``ConfigError``
+naming the dotted key (``train.augment.zoom``), with a "did you mean" hint for a misspelt key.
+
+The sections are pydantic dataclasses, i.e. real dataclasses: ``dataclasses.asdict``, ``replace``,
+``fields`` and keyword construction (``SyntheticParams(n_images=200)``) work, and construction
+validates too, raising the same ``ConfigError``. Only the CLI calls ``load_params``; library code
+takes the typed sections (or plain values) as arguments.
+
+Over ~400 lines because it holds two halves that change together: the schema (the sections) and
+the translation of pydantic's errors into messages about dotted keys (below the sections).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from melanoma.errors import ConfigError
 
 MODEL_NAMES = ("baseline", "cnn", "transfer")
 
+# Strict scalars: YAML's "100" is not an int, 1.5 is not an int, true is not a number; an int is a
+# fine float (converted). Lists stay lax so that YAML lists become tuples.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
-@dataclass(frozen=True)
+_T = typing.TypeVar("_T")
+
+# Where plain http is acceptable: test servers on this machine (the same set the ingest sources use).
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# 'diagnosis:' as a field name (not diagnosis_1: ...): retired by the ISIC Archive in 2025-04.
+_LEGACY_DX_RE = re.compile(r"(?<![A-Za-z0-9_])diagnosis\s*:")
+
+
+def _rule(key: str, requirement: str) -> PydanticCustomError:
+    """A failed rule of a section validator, about its field ``key`` (reported as a dotted key)."""
+    return PydanticCustomError("param_rule", "{requirement}", {"field": key, "requirement": requirement})
+
+
+def _check_url(url: str) -> str:
+    """``url`` if it is https, or http on loopback; else a ValueError saying what is accepted."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ValueError("must be an http(s) URL")
+    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise ValueError("must use https (plain http only on loopback: 127.0.0.1, localhost, ::1)")
+    return url
+
+
+def _section(cls: type[_T]) -> type[_T]:
+    """A frozen pydantic dataclass that forbids unknown keys and raises ConfigError when built badly."""
+    cls = pydantic_dataclass(cls, frozen=True, config=ConfigDict(extra="forbid"))
+    init = cls.__init__
+
+    # Loading validates through the schema (no __init__ call); this covers direct construction
+    # (tests, benchmarks, library callers), so a bad value is a ConfigError wherever it comes from.
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, cls, f"invalid {cls.__name__}")) from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@_section
 class BaseParams:
     """Settings shared by every stage."""
 
-    seed: int = 42
+    seed: Int = Field(default=42, ge=0)
 
 
-@dataclass(frozen=True)
+@_section
 class SyntheticParams:
     """The built-in synthetic ISIC-like sample (``ingest.source: synthetic``)."""
 
-    n_images: int = 2000
-    melanoma_fraction: float = 0.10
-    unlabeled_fraction: float = 0.01
-    corrupt_count: int = 4
-    duplicate_count: int = 3
-    min_width: int = 600
-    max_width: int = 2048
-    max_images_per_lesion: int = 3
-    max_lesions_per_patient: int = 4
-    jpeg_quality: int = 90
+    n_images: Int = Field(default=2000, ge=1)
+    melanoma_fraction: Float = Field(default=0.10, gt=0, lt=1)
+    unlabeled_fraction: Float = Field(default=0.01, ge=0, lt=1)
+    corrupt_count: Int = Field(default=4, ge=0)
+    duplicate_count: Int = Field(default=3, ge=0)
+    min_width: Int = Field(default=600, ge=64)
+    max_width: Int = Field(default=2048, ge=64)
+    max_images_per_lesion: Int = Field(default=3, ge=1)
+    max_lesions_per_patient: Int = Field(default=4, ge=1)
+    jpeg_quality: Int = Field(default=90, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _widths(self) -> SyntheticParams:
+        if self.max_width < self.min_width:
+            raise _rule("max_width", f"must be at least min_width ({self.min_width}), got {self.max_width}")
+        return self
 
 
-@dataclass(frozen=True)
+@_section
 class IsicParams:
     """The ISIC Archive API v2 (``ingest.source: isic``); see shared reference isic_api.md."""
 
-    base_url: str = "https://api.isic-archive.com/api/v2/"
-    query: str = ""  # ISIC search syntax, e.g. 'diagnosis_3:"Melanoma Invasive"'; empty = everything
-    collections: tuple[int, ...] = ()
-    limit: int = 0  # 0 = all matching images
-    concurrency: int = 16
-    allowed_hosts: tuple[str, ...] = ("api.isic-archive.com", "isic-archive.s3.amazonaws.com")
-    retries: int = 8
-    backoff_seconds: float = 1.0
-    max_backoff_seconds: float = 60.0
-    connect_timeout: float = 3.05
-    read_timeout: float = 60.0
+    base_url: Str = "https://api.isic-archive.com/api/v2/"  # https; plain http only on loopback
+    query: Str = ""  # ISIC search syntax, e.g. 'diagnosis_3:"Melanoma Invasive"'; empty = everything
+    collections: tuple[Annotated[Int, Field(ge=0)], ...] = ()
+    limit: Int = Field(default=0, ge=0)  # 0 = all matching images
+    concurrency: Int = Field(default=16, ge=1, le=128)
+    allowed_hosts: tuple[Str, ...] = ("api.isic-archive.com", "isic-archive.s3.amazonaws.com")
+    retries: Int = Field(default=8, ge=0)
+    backoff_seconds: Float = Field(default=1.0, ge=0)  # 0 = retry at once
+    # The cap also bounds a server's Retry-After: 0 or less would ignore it (and hammer the server).
+    max_backoff_seconds: Float = Field(default=60.0, gt=0)
+    connect_timeout: Float = Field(default=3.05, gt=0)
+    read_timeout: Float = Field(default=60.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        return _check_url(value)
+
+    @field_validator("query")
+    @classmethod
+    def _current_fields(cls, value: str) -> str:
+        if _LEGACY_DX_RE.search(value):
+            raise ValueError(
+                "uses the retired field 'diagnosis:'; the archive now uses the hierarchical "
+                'diagnosis_1 .. diagnosis_5, e.g. diagnosis_3:Melanoma* or diagnosis_2:"Malignant '
+                'melanocytic proliferations (Melanoma)"'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_cap(self) -> IsicParams:
+        if self.max_backoff_seconds < self.backoff_seconds:
+            raise _rule(
+                "max_backoff_seconds",
+                f"must be at least backoff_seconds ({self.backoff_seconds}), got {self.max_backoff_seconds}",
+            )
+        return self
 
 
-@dataclass(frozen=True)
+@_section
 class FolderParams:
     """A local folder (``ingest.source: folder``): class subfolders, or images plus a metadata CSV."""
 
-    path: str = ""
-    metadata_csv: str = ""  # optional: a CSV with an image-name column and label columns
+    path: Str = ""  # required when ingest.source is folder
+    metadata_csv: Str = ""  # optional: a CSV with an image-name column and label columns
 
 
-@dataclass(frozen=True)
+@_section
 class ChallengeParams:
     """ISIC challenge ground truth (``ingest.source: challenge``): 2016-2020 and HAM10000 formats."""
 
     format: Literal["auto", "2016", "2017", "2018", "2019", "2020", "ham10000"] = "auto"
-    # Without download: local paths. With download: file names selecting bucket objects (empty = chosen
-    # automatically), fetched into data/challenge_cache/ and imported from there.
-    ground_truth: str = ""  # the ground-truth CSV
-    images: str = ""  # the folder (or, with download, the zip) of the challenge images
-    metadata_csv: str = ""  # optional extra metadata CSV (e.g. 2019/2020 patient, age, sex, site)
-    download: bool = False  # fetch from the public ISIC bucket first (needs the internet)
-    bucket_url: str = "https://isic-archive.s3.amazonaws.com"
-    prefix: str = ""  # e.g. challenges/2020/
+    # Without download: local paths (both required). With download: file names selecting bucket
+    # objects (empty = chosen automatically), fetched into data/challenge_cache/ and imported from there.
+    ground_truth: Str = ""  # the ground-truth CSV
+    images: Str = ""  # the folder (or, with download, the zip) of the challenge images
+    metadata_csv: Str = ""  # optional extra metadata CSV (e.g. 2019/2020 patient, age, sex, site)
+    download: Bool = False  # fetch from the public ISIC bucket first (needs the internet)
+    bucket_url: Str = "https://isic-archive.s3.amazonaws.com"  # with download: https (http on loopback)
+    prefix: Str = ""  # e.g. challenges/2020/; required with download
 
 
-@dataclass(frozen=True)
+@_section
 class IngestParams:
     """Where the raw images come from."""
 
     source: Literal["synthetic", "isic", "folder", "challenge"] = "synthetic"
-    workers: int = 0  # 0 = all cores
-    allow_partial: bool = False  # exit 0 even when some images failed (they are listed in the report)
+    workers: Int = Field(default=0, ge=0)  # 0 = all cores
+    allow_partial: Bool = False  # exit 0 even when some images failed (they are listed in the report)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     isic: IsicParams = field(default_factory=IsicParams)
     folder: FolderParams = field(default_factory=FolderParams)
     challenge: ChallengeParams = field(default_factory=ChallengeParams)
 
+    @model_validator(mode="after")
+    def _source_settings(self) -> IngestParams:
+        """What the selected source needs (the others' settings are unused, so not required)."""
+        if self.source == "folder" and not self.folder.path:
+            raise _rule("folder.path", "must be set (the folder of images to import) when source is folder")
+        ch = self.challenge
+        if self.source == "challenge" and not ch.download:
+            for name in ("ground_truth", "images"):
+                if not getattr(ch, name):
+                    raise _rule(
+                        f"challenge.{name}",
+                        "must be set when source is challenge (or set challenge.download)",
+                    )
+        if self.source == "challenge" and ch.download:
+            if not ch.prefix.strip("/"):
+                raise _rule(
+                    "challenge.prefix", "must be set with download: the bucket folder, e.g. challenges/2020/"
+                )
+            try:
+                _check_url(ch.bucket_url)
+            except ValueError as exc:
+                raise _rule("challenge.bucket_url", f"{exc}, got {ch.bucket_url!r}") from None
+        return self
 
-@dataclass(frozen=True)
+
+@_section
 class PrepareParams:
     """Cleaning and resizing of the raw layout."""
 
-    image_size: int = 100
+    image_size: Int = Field(default=100, ge=8, le=1024)
     fit: Literal["crop", "squash", "pad"] = "crop"
-    draft: bool = True
-    workers: int = 0  # 0 = all cores
-    drop_duplicates: bool = True
+    draft: Bool = True
+    workers: Int = Field(default=0, ge=0)  # 0 = all cores
+    drop_duplicates: Bool = True
 
 
-@dataclass(frozen=True)
+@_section
 class SplitParams:
-    """Patient-grouped, label-stratified train/val/test split."""
+    """Patient-grouped, label-stratified train/val/test split.
 
-    test_fraction: float = 0.2
-    val_fraction: float = 0.15  # fraction of the non-test part
-    group_by: tuple[str, ...] = ("patient_id", "lesion_id")
+    Both fractions lie in (0, 1), so the training part, (1 - test) * (1 - val), is never empty.
+    """
+
+    test_fraction: Float = Field(default=0.2, gt=0, lt=1)
+    val_fraction: Float = Field(default=0.15, gt=0, lt=1)  # fraction of the non-test part
+    group_by: tuple[Str, ...] = ("patient_id", "lesion_id")
+
+    @field_validator("group_by")
+    @classmethod
+    def _no_repeats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a column")
+        return value
 
 
-@dataclass(frozen=True)
+@_section
 class AugmentParams:
     """Training-time augmentation in the tf.data pipeline (lesions have no canonical orientation)."""
 
-    flip: bool = True
-    rotate90: bool = True
-    zoom: float = 0.1  # random crop of up to this fraction, resized back
-    brightness: float = 0.0  # colour jitter: off by default, see params.yaml
-    contrast: float = 0.0
-    saturation: float = 0.0
+    flip: Bool = True
+    rotate90: Bool = True
+    zoom: Float = Field(default=0.1, ge=0, lt=0.5)  # random crop of up to this fraction, resized back
+    brightness: Float = Field(default=0.0, ge=0, le=1)  # colour jitter: off by default, see params.yaml
+    contrast: Float = Field(default=0.0, ge=0, lt=1)
+    saturation: Float = Field(default=0.0, ge=0, lt=1)
 
 
-@dataclass(frozen=True)
+@_section
 class TrainParams:
     """Settings shared by every trainer (the deep models' loop, the operating point, scaling)."""
 
-    target_sensitivity: float | None = None  # None: threshold at Youden's J on validation
-    epochs: int = 35
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    # None: threshold at Youden's J on validation
+    target_sensitivity: Annotated[Float, Field(gt=0, lt=1)] | None = None
+    epochs: Int = Field(default=35, ge=1)
+    batch_size: Int = Field(default=64, ge=1)
+    learning_rate: Float = Field(default=1e-3, gt=0)
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    early_stopping_patience: int = 10
-    early_stopping_start: int = 10  # epochs before early stopping may act (val AUC is noisy early on)
+    early_stopping_patience: Int = Field(default=10, ge=1)
+    # epochs before early stopping may act (val AUC is noisy early on)
+    early_stopping_start: Int = Field(default=10, ge=0)
     class_balance: Literal["class_weight", "oversample", "none"] = "class_weight"
-    shuffle_buffer: int = 4096
+    shuffle_buffer: Int = Field(default=4096, ge=1)
     augment: AugmentParams = field(default_factory=AugmentParams)
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
-    devices: tuple[str, ...] = ()  # mirrored: explicit devices (e.g. /cpu:0, /cpu:1); empty = all GPUs
+    devices: tuple[Str, ...] = ()  # mirrored: explicit devices (e.g. /cpu:0, /cpu:1); empty = all GPUs
 
 
-@dataclass(frozen=True)
+@_section
 class CnnParams:
     """The compact CNN for 100x100 input."""
 
-    filters: tuple[int, ...] = (16, 32, 64)
-    convs_per_block: int = 2
-    dense: int = 128
-    dropout: float = 0.3
-    weight_decay: float = 1e-4
+    filters: tuple[Annotated[Int, Field(ge=1)], ...] = Field(default=(16, 32, 64), min_length=1)
+    convs_per_block: Int = Field(default=2, ge=1)
+    dense: Int = Field(default=128, ge=1)
+    dropout: Float = Field(default=0.3, ge=0, lt=1)
+    weight_decay: Float = Field(default=1e-4, ge=0)
 
 
-@dataclass(frozen=True)
+@_section
 class TransferParams:
     """Transfer learning on a Keras backbone: a head on frozen features, then optional fine-tuning."""
 
     backbone: Literal["vgg16", "mobilenet_v2", "efficientnet_b0"] = "vgg16"
-    weights: str = (
-        "imagenet"  # imagenet (Keras cache, or download if allowed) | a local weights file | random
-    )
-    download_weights: bool = False  # offline by default: only the Keras cache is used
-    input_size: int = 0  # 0 = the prepared image size
-    head_units: int = 256
-    dropout: float = 0.4
-    head_epochs: int = 60
-    head_learning_rate: float = 1e-3
-    fine_tune_layers: int = 0  # top backbone layers unfrozen in phase 2; 0 = no fine-tuning
-    fine_tune_epochs: int = 5
-    fine_tune_learning_rate: float = 1e-5
+    # imagenet (Keras cache, or download if allowed) | a local weights file | random
+    weights: Str = Field(default="imagenet", min_length=1)
+    download_weights: Bool = False  # offline by default: only the Keras cache is used
+    input_size: Int = Field(default=0, ge=0)  # 0 = the prepared image size; else at least 32
+    head_units: Int = Field(default=256, ge=1)
+    dropout: Float = Field(default=0.4, ge=0, lt=1)
+    head_epochs: Int = Field(default=60, ge=1)
+    head_learning_rate: Float = Field(default=1e-3, gt=0)
+    # top backbone layers unfrozen in phase 2; 0 = no fine-tuning
+    fine_tune_layers: Int = Field(default=0, ge=0)
+    fine_tune_epochs: Int = Field(default=5, ge=0)
+    fine_tune_learning_rate: Float = Field(default=1e-5, gt=0)
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, value: int) -> int:
+        if 0 < value < 32:
+            raise ValueError("must be 0 (the prepared size) or at least 32")
+        return value
 
 
-@dataclass(frozen=True)
+BaselineModel = Literal["logistic_regression", "random_forest", "gradient_boosting", "adaboost"]
+
+
+@_section
 class BaselineParams:
     """The scikit-learn baseline on hand-crafted image features."""
 
-    candidates: tuple[
-        Literal["logistic_regression", "random_forest", "gradient_boosting", "adaboost"], ...
-    ] = ("logistic_regression", "random_forest", "gradient_boosting", "adaboost")
-    n_estimators: int = 200
-    max_depth: int = 3
-    learning_rate: float = 0.1
+    candidates: tuple[BaselineModel, ...] = Field(
+        default=("logistic_regression", "random_forest", "gradient_boosting", "adaboost"), min_length=1
+    )
+    n_estimators: Int = Field(default=200, ge=1)
+    max_depth: Int = Field(default=3, ge=1)
+    learning_rate: Float = Field(default=0.1, gt=0)
     class_weight: Literal["balanced", "none"] = "balanced"
 
 
-@dataclass(frozen=True)
+@_section
 class EvaluateParams:
     """Test-set evaluation."""
 
-    bootstrap: int = 500
-    ci: float = 0.95
-    calibration_bins: int = 10
+    bootstrap: Int = Field(default=500, ge=0)
+    ci: Float = Field(default=0.95, gt=0, lt=1)
+    calibration_bins: Int = Field(default=10, ge=2)
 
 
-@dataclass(frozen=True)
+@_section
 class MlflowParams:
     """Experiment and registry names (the tracking URI comes from the environment)."""
 
-    experiment: str = "melanoma-classification"
-    registered_model: str = "melanoma-classifier"
+    experiment: Str = Field(default="melanoma-classification", min_length=1)
+    registered_model: Str = Field(default="melanoma-classifier", min_length=1)
 
 
-@dataclass(frozen=True)
+@_section
 class Params:
     """All of params.yaml."""
 
@@ -225,168 +370,192 @@ class Params:
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
 
-# Range checks that a type alone cannot express: dotted key -> (predicate, requirement text).
-_RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "ingest.synthetic.n_images": (lambda v: v >= 1, "at least 1"),
-    "ingest.synthetic.melanoma_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
-    "ingest.synthetic.unlabeled_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "ingest.synthetic.corrupt_count": (lambda v: v >= 0, "at least 0"),
-    "ingest.synthetic.duplicate_count": (lambda v: v >= 0, "at least 0"),
-    "ingest.synthetic.min_width": (lambda v: v >= 64, "at least 64"),
-    "ingest.synthetic.max_images_per_lesion": (lambda v: v >= 1, "at least 1"),
-    "ingest.synthetic.max_lesions_per_patient": (lambda v: v >= 1, "at least 1"),
-    "ingest.synthetic.jpeg_quality": (lambda v: 1 <= v <= 100, "between 1 and 100"),
-    "ingest.workers": (lambda v: v >= 0, "at least 0 (0 = all cores)"),
-    "ingest.isic.limit": (lambda v: v >= 0, "at least 0 (0 = all)"),
-    "ingest.isic.concurrency": (lambda v: 1 <= v <= 128, "between 1 and 128"),
-    "ingest.isic.retries": (lambda v: v >= 0, "at least 0"),
-    "ingest.isic.backoff_seconds": (lambda v: v >= 0, "at least 0"),
-    "ingest.isic.connect_timeout": (lambda v: v > 0, "greater than 0"),
-    "ingest.isic.read_timeout": (lambda v: v > 0, "greater than 0"),
-    "ingest.isic.base_url": (lambda v: v.startswith(("https://", "http://")), "an http(s) URL"),
-    "prepare.image_size": (lambda v: 8 <= v <= 1024, "between 8 and 1024"),
-    "prepare.workers": (lambda v: v >= 0, "at least 0 (0 = all cores)"),
-    "split.test_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
-    "split.val_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
-    "split.group_by": (lambda v: len(set(v)) == len(v), "a list without repeats"),
-    "train.target_sensitivity": (lambda v: v is None or 0 < v < 1, "null or between 0 and 1"),
-    "train.epochs": (lambda v: v >= 1, "at least 1"),
-    "train.batch_size": (lambda v: v >= 1, "at least 1"),
-    "train.learning_rate": (lambda v: v > 0, "greater than 0"),
-    "train.early_stopping_patience": (lambda v: v >= 1, "at least 1"),
-    "train.early_stopping_start": (lambda v: v >= 0, "at least 0"),
-    "train.shuffle_buffer": (lambda v: v >= 1, "at least 1"),
-    "train.augment.zoom": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
-    "train.augment.brightness": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "train.augment.contrast": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "train.augment.saturation": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "cnn.filters": (lambda v: len(v) >= 1 and all(f >= 1 for f in v), "a non-empty list of positive ints"),
-    "cnn.convs_per_block": (lambda v: v >= 1, "at least 1"),
-    "cnn.dense": (lambda v: v >= 1, "at least 1"),
-    "cnn.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "cnn.weight_decay": (lambda v: v >= 0, "at least 0"),
-    "transfer.weights": (lambda v: v != "", "imagenet, random or a weights file path"),
-    "transfer.input_size": (lambda v: v == 0 or v >= 32, "0 (prepared size) or at least 32"),
-    "transfer.head_units": (lambda v: v >= 1, "at least 1"),
-    "transfer.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "transfer.head_epochs": (lambda v: v >= 1, "at least 1"),
-    "transfer.head_learning_rate": (lambda v: v > 0, "greater than 0"),
-    "transfer.fine_tune_layers": (lambda v: v >= 0, "at least 0"),
-    "transfer.fine_tune_epochs": (lambda v: v >= 0, "at least 0"),
-    "transfer.fine_tune_learning_rate": (lambda v: v > 0, "greater than 0"),
-    "baseline.candidates": (lambda v: len(v) >= 1, "a non-empty list"),
-    "baseline.n_estimators": (lambda v: v >= 1, "at least 1"),
-    "baseline.max_depth": (lambda v: v >= 1, "at least 1"),
-    "baseline.learning_rate": (lambda v: v > 0, "greater than 0"),
-    "evaluate.bootstrap": (lambda v: v >= 0, "at least 0"),
-    "evaluate.ci": (lambda v: 0 < v < 1, "between 0 and 1"),
-    "evaluate.calibration_bins": (lambda v: v >= 2, "at least 2"),
-}
+_ADAPTER = TypeAdapter(Params)
 
 
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
+# ------------------------------------------------------------------------------------ error messages
+
+
+def _sections(cls: type, prefix: str = "") -> dict[type, str]:
+    """Each section class -> its dotted place in Params (``IsicParams`` -> ``ingest.isic``)."""
+    out = {cls: prefix}
+    for name, info in cls.__pydantic_fields__.items():  # the annotations as pydantic resolved them
+        tp = info.annotation
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.update(_sections(tp, f"{prefix}{name}."))
+    return out
+
+
+def _unwrap(tp: Any) -> tuple[Any, list[Any]]:
+    """``Annotated[T, ...]`` -> (T, its constraints), flattening nested Field(...) metadata."""
+    meta: list[Any] = []
+    while get_origin(tp) is Annotated:
+        tp, *extra = get_args(tp)
+        for item in extra:
+            meta.extend(item.metadata if isinstance(item, FieldInfo) else [item])
+    return tp, meta
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _constraint(meta: list[Any], name: str) -> Any:
+    """The value of constraint ``name`` (ge, lt, min_length, ...) among a field's metadata, or None."""
+    return next((getattr(m, name) for m in meta if getattr(m, name, None) is not None), None)
+
+
+def _bounds(meta: list[Any]) -> str:
+    """The numeric constraints in words: ' >= 1', ' between 1 and 100', ' in [0, 1)'."""
+    ge, gt, le, lt = (_constraint(meta, name) for name in ("ge", "gt", "le", "lt"))
+    low = (">=", ge) if ge is not None else (">", gt) if gt is not None else None
+    high = ("<=", le) if le is not None else ("<", lt) if lt is not None else None
+    if low and high:
+        if low[0] == ">=" and high[0] == "<=":
+            return f" between {_num(low[1])} and {_num(high[1])}"
+        left, right = "[" if low[0] == ">=" else "(", "]" if high[0] == "<=" else ")"
+        return f" in {left}{_num(low[1])}, {_num(high[1])}{right}"
+    if low or high:
+        op, value = low or high  # type: ignore[misc]
+        return f" {op} {_num(value)}"
+    return ""
+
+
+def _expected(tp: Any, meta: list[Any]) -> str:
+    """What a field accepts, in words, from its declared type and constraints."""
+    inner, more = _unwrap(tp)
+    meta = meta + more
+    origin = get_origin(inner)
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+        return "one of " + ", ".join(repr(a) for a in get_args(inner))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+        arms = [a for a in get_args(inner) if a is not type(None)]
+        null = "null or " if len(arms) < len(get_args(inner)) else ""
+        return null + " or ".join(_expected(a, meta) for a in arms)
     if origin is tuple:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
+        size = "a non-empty list" if _constraint(meta, "min_length") else "a list"
+        return f"{size}, each {_expected(get_args(inner)[0], [])}"
+    if dataclasses.is_dataclass(inner):
         return "a mapping"
-    return getattr(tp, "__name__", str(tp))
+    if inner is bool:
+        return "true or false"
+    if inner is int:
+        return "an integer" + _bounds(meta)
+    if inner is float:
+        return "a number" + _bounds(meta)
+    if inner is str:
+        return "a non-empty string" if _constraint(meta, "min_length") else "a string"
+    return getattr(inner, "__name__", str(inner))
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against type ``tp``; return it converted (lists to tuples)."""
-    origin = get_origin(tp)
-    wrong = ConfigError(
-        f"params.yaml: '{key}' must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+def _dotted(prefix: str, loc: tuple[Any, ...]) -> str:
+    key = prefix.rstrip(".")
+    for part in loc:
+        key = f"{key}[{part}]" if isinstance(part, int) else f"{key}.{part}" if key else str(part)
+    return key
+
+
+def _resolve(cls: type, loc: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """Follow ``loc`` from section ``cls`` to the declared type and constraints there (None if lost)."""
+    tp: Any = cls
+    meta: list[Any] = []
+    for part in loc:
+        tp, extra = _unwrap(tp)
+        meta = meta + extra
+        if isinstance(part, int) and get_origin(tp) is tuple:
+            tp, meta = get_args(tp)[0], []
+        elif isinstance(part, str) and dataclasses.is_dataclass(tp) and part in tp.__pydantic_fields__:
+            info = tp.__pydantic_fields__[part]
+            tp, meta = info.annotation, list(info.metadata)
+        else:
+            return None, []
+    return tp, meta
+
+
+def _suggest(section: type, prefix: str, name: str) -> str:
+    """' (did you mean 'prepare.image_size'?)': the nearest key here, else the same key elsewhere."""
+    here = [f.name for f in dataclasses.fields(section)]
+    close = difflib.get_close_matches(name, here, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    elsewhere = [
+        p + f.name for cls, p in _SECTIONS.items() for f in dataclasses.fields(cls) if cls is not section
+    ]
+    leaves = {k.rsplit(".", 1)[-1]: k for k in elsewhere}
+    close = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.8)
+    return f" (did you mean '{leaves[close[0]]}'?)" if close else ""
+
+
+def _describe(error: Any, cls: type) -> str:
+    """One pydantic error as a sentence about the dotted key."""
+    prefix = _SECTIONS.get(cls, "")
+    loc, kind, ctx = tuple(error["loc"]), error["type"], error.get("ctx") or {}
+    names = list(cls.__pydantic_fields__)
+    if loc and isinstance(loc[0], int) and loc[0] < len(names):  # a positional argument
+        loc = (names[loc[0]], *loc[1:])
+    value = error.get("input")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        section, _ = _resolve(cls, loc[:-1])
+        section = section if isinstance(section, type) and section in _SECTIONS else cls
+        here = _SECTIONS.get(section, "")
+        known = ", ".join(f.name for f in dataclasses.fields(section))
+        where = f"'{here.rstrip('.')}'" if here else "the top level"
+        return (
+            f"unknown key '{_dotted(prefix, loc)}'{_suggest(section, here, str(loc[-1]))}; "
+            f"known keys in {where}: {known}"
+        )
+    if kind == "param_rule":  # a section validator about one of its fields
+        return f"'{_dotted(prefix, loc + tuple(ctx['field'].split('.')))}' {ctx['requirement']}"
+    key = _dotted(prefix, loc)
+    if kind == "value_error":  # a field validator: its message says what is wrong
+        return f"'{key}' {ctx.get('error', error['msg'])}, got {value!r}"
+    if kind.endswith(("positional_argument", "multiple_argument_values")):  # direct construction
+        return f"'{key}': {error['msg'].lower()}"
+    tp, meta = _resolve(cls, loc)
+    expected = _expected(tp, meta) if tp is not None else error["msg"].removeprefix("Input should be ")
+    got = (
+        repr(value)
+        if kind.endswith(("than", "than_equal", "too_short", "too_long"))
+        else (f"{type(value).__name__} {value!r}" if value is not None else "null")
     )
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise wrong
-        return _build(tp, value, key)
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise wrong
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in get_args(tp):
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError:
-                pass
-        raise wrong
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise wrong
-        item_tp = get_args(tp)[0]
-        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise wrong
-        return value
-    raise TypeError(f"unsupported parameter type {tp!r} for {key}")  # a bug in this module
+    hint = ""
+    if kind == "literal_error" and str(value) in map(str, get_args(_unwrap(tp)[0]) if tp else ()):
+        hint = f" (quote it in YAML: '{value}')"
+    return f"'{key}' must be {expected}, got {got}{hint}"
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            dotted = f"{prefix}.{key}" if prefix else key
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"params.yaml: unknown key '{dotted}'{hint}; known keys here: {', '.join(names)}"
-            )
-    kwargs = {}
-    for name in names:
-        if name in data:
-            dotted = f"{prefix}.{name}" if prefix else name
-            value = _convert(data[name], hints[name], dotted)
-            rule = _RULES.get(dotted)
-            if rule and not rule[0](value):
-                raise ConfigError(f"params.yaml: '{dotted}' must be {rule[1]}, got {value!r}")
-            kwargs[name] = value
-    return cls(**kwargs)
+def _explain(exc: ValidationError, cls: type, where: str) -> str:
+    errors = exc.errors()
+    # A list whose items failed also reports its length after validation: the items say it better.
+    bad_items = {tuple(e["loc"][:-1]) for e in errors if e["loc"] and isinstance(e["loc"][-1], int)}
+    lines = list(
+        dict.fromkeys(
+            _describe(e, cls)
+            for e in errors
+            if not (e["type"] in ("too_short", "too_long") and tuple(e["loc"]) in bad_items)
+        )
+    )
+    if len(lines) == 1:
+        return f"{where}: {lines[0]}"
+    return f"{where}: {len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)
 
 
-def params_from_dict(data: dict[str, Any] | None) -> Params:
-    """Validate a parsed params mapping and return typed ``Params``."""
+_SECTIONS = _sections(Params)
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def params_from_dict(data: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping and return typed ``Params``; ``source`` names it in errors."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("params.yaml: the top level must be a mapping of sections")
-    params = _build(Params, data, "")
-    syn = params.ingest.synthetic
-    if syn.max_width < syn.min_width:
-        raise ConfigError(
-            "params.yaml: 'ingest.synthetic.max_width' must be >= 'ingest.synthetic.min_width', "
-            f"got {syn.max_width} < {syn.min_width}"
-        )
-    if params.split.test_fraction + params.split.val_fraction * (1 - params.split.test_fraction) >= 1:
-        raise ConfigError(
-            "params.yaml: 'split.test_fraction' and 'split.val_fraction' leave no training data"
-        )
-    return params
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, Params, source)) from None
 
 
 def load_params(path: Path) -> Params:
@@ -399,7 +568,7 @@ def load_params(path: Path) -> Params:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return params_from_dict(data)
+    return params_from_dict(data, source=str(path))
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
