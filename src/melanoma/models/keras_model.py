@@ -154,9 +154,12 @@ class KerasClassifier:
 def reproducible_keras_zip(data: bytes) -> bytes:
     """A ``.keras`` archive rewritten without what changes from save to save.
 
-    Keras stamps ``metadata.json`` with ``date_saved`` and gives zip entries the time of writing;
-    the weights (h5py writes no object times by default) and the config are already stable. The
-    entries keep their order, names, contents and compression; ``load_model`` reads it as before.
+    Keras stamps ``metadata.json`` with ``date_saved``, gives zip entries the time of writing and
+    marks objects shared between layers (the dtype policy, a regularizer) in ``config.json`` with
+    their memory address (``shared_object_id``), which changes from process to process: those are
+    renumbered 1, 2, ... in order of appearance, which keeps which layers share what. The weights
+    are already stable (h5py writes no object times by default). Entries keep their order, names
+    and compression; ``load_model`` reads the result as before.
     """
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
@@ -166,12 +169,30 @@ def reproducible_keras_zip(data: bytes) -> bytes:
                 meta = json.loads(body)
                 meta.pop("date_saved", None)
                 body = json.dumps(meta, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                body = json.dumps(_renumber_shared_objects(json.loads(body))).encode()
             entry = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
             entry.compress_type = info.compress_type
             entry.external_attr = 0o644 << 16
             entry.create_system = 3  # unix, whatever the host
             dst.writestr(entry, body)
     return out.getvalue()
+
+
+def _renumber_shared_objects(config: Any, ids: dict[int, int] | None = None) -> Any:
+    """``config`` with every ``shared_object_id`` replaced by its rank of first appearance."""
+    ids = {} if ids is None else ids
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "shared_object_id" and isinstance(value, int):
+                out[key] = ids.setdefault(value, len(ids) + 1)
+            else:
+                out[key] = _renumber_shared_objects(value, ids)
+        return out
+    if isinstance(config, list):
+        return [_renumber_shared_objects(v, ids) for v in config]
+    return config
 
 
 @keras.saving.register_keras_serializable(package="melanoma")
@@ -195,7 +216,9 @@ class ClassTally(keras.metrics.Metric):
         self.total.assign_add(keras.ops.sum(hit))
 
     def result(self):  # noqa: ANN201 - Keras tensor
-        return keras.ops.convert_to_tensor(self.total)
+        # A new tensor, not a read of the variable: Keras reads training results after validation
+        # has reset and re-filled the same metric, and a plain read showed the validation count.
+        return keras.ops.add(self.total, 0.0)
 
     def reset_state(self) -> None:
         self.total.assign(0.0)
@@ -266,18 +289,21 @@ def learning_rate_for(lr: float, schedule: str, total_steps: int) -> Any:
     return lr
 
 
-def tally_metrics() -> list[keras.metrics.Metric]:
-    """The four ``ClassTally`` records: samples and summed loss weights of each class."""
-    return [ClassTally(c, w) for w in (False, True) for c in (1, 0)]
+def tally_metrics() -> tuple[list[keras.metrics.Metric], list[keras.metrics.Metric]]:
+    """The ``ClassTally`` records: samples of each class (plain metrics) and their summed loss
+    weights (weighted metrics: Keras hands only those the class-weight sample weights)."""
+    return [ClassTally(1), ClassTally(0)], [ClassTally(1, weighted=True), ClassTally(0, weighted=True)]
 
 
 def compile_for(model: keras.Model, lr: float, schedule: str, total_steps: int) -> None:
     """Adam with the chosen schedule; binary cross-entropy; AUC as the tracked metric (plus the
     class tallies)."""
+    seen, weighted = tally_metrics()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate_for(lr, schedule, total_steps)),
         loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc", num_thresholds=400), *tally_metrics()],
+        metrics=[keras.metrics.AUC(name="auc", num_thresholds=400), *seen],
+        weighted_metrics=weighted,
     )
 
 
