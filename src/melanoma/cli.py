@@ -68,7 +68,7 @@ def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
 
     ing = params.ingest
     if ing.source == "synthetic":
-        from melanoma.ingest.synthetic import generate_synthetic
+        from melanoma.sources.synthetic import generate_synthetic
 
         with atomic.atomic_dir(args.out) as tmp:
             report = generate_synthetic(tmp, ing.synthetic, params.base.seed, ing.workers)
@@ -78,12 +78,12 @@ def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
         # Downloads in place (each file atomically), so a killed run resumes where it stopped.
         report = download_isic(args.out, ing.isic)
     elif ing.source == "folder":
-        from melanoma.ingest.importers import import_folder
+        from melanoma.sources.folder import import_folder
 
         with atomic.atomic_dir(args.out) as tmp:
             report = import_folder(tmp, ing.folder, params.base.seed)
     else:
-        from melanoma.ingest.importers import import_challenge
+        from melanoma.sources.challenge import import_challenge
 
         with atomic.atomic_dir(args.out) as tmp:
             report = import_challenge(tmp, ing.challenge)

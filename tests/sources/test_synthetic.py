@@ -1,4 +1,5 @@
-"""The synthetic ISIC-like sample: determinism, layout, labels, corrupt/duplicate files, signal."""
+"""sources/synthetic: determinism (bytes, report included), plan purity, layout, labels, corrupt/duplicate
+files, signal."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from PIL import Image, ImageFilter
 
 from melanoma.config import SyntheticParams
 from melanoma.contracts import FIRST_COLUMNS
-from melanoma.ingest.synthetic import MELANOMA_DX2, generate_synthetic
+from melanoma.sources.common import ANATOM_SITES_1, CC_LICENSES
+from melanoma.sources.synthetic import MELANOMA_DX2, generate_synthetic, license_texts
+from melanoma.sources.synthetic.plan import plan_sample
 
 SMALL = SyntheticParams(n_images=40, min_width=128, max_width=320)
 MEDIUM = SyntheticParams(n_images=300, min_width=96, max_width=160)
@@ -27,11 +30,11 @@ def _rows(raw: Path) -> list[dict[str, str]]:
 
 
 def _digest(raw: Path) -> dict[str, str]:
-    """sha256 of every output file except the report (which holds timings)."""
+    """sha256 of every output file, ingest_report.json included (it holds no timings)."""
     return {
         str(p.relative_to(raw)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(raw.rglob("*"))
-        if p.is_file() and p.name != "ingest_report.json"
+        if p.is_file()
     }
 
 
@@ -59,12 +62,41 @@ def medium(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_same_seed_is_byte_identical_whatever_the_workers(small, tmp_path):
-    raw, _ = small
+    raw, report = small
     again = tmp_path / "again"
-    generate_synthetic(again, SMALL, seed=11, workers=2)
+    assert generate_synthetic(again, SMALL, seed=11, workers=2) == report
     first, second = _digest(raw), _digest(again)
     assert first == second
-    assert any(k.startswith("images/") for k in first)
+    assert "ingest_report.json" in first and any(k.startswith("images/") for k in first)
+
+
+def test_generate_twice_is_byte_identical(tmp_path):
+    """Two runs into two folders: every file, ingest_report.json included, has the same bytes."""
+    params = SyntheticParams(n_images=16, min_width=96, max_width=128)
+    generate_synthetic(tmp_path / "a", params, seed=3, workers=1)
+    generate_synthetic(tmp_path / "b", params, seed=3, workers=1)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    report = json.loads((tmp_path / "a/ingest_report.json").read_text())
+    assert not {"seconds", "seconds_per_image", "workers"} & set(report)
+
+
+def test_plan_is_pure_and_seeded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = plan_sample(SMALL, seed=11), plan_sample(SMALL, seed=11)
+    assert first == second and list(tmp_path.iterdir()) == []  # no file written
+    assert plan_sample(SMALL, seed=12).records != first.records
+    assert len(first.tasks) == SMALL.n_images - SMALL.duplicate_count
+    assert {t.file_name for t in first.tasks} <= {f"{r['isic_id']}.jpg" for r in first.records}
+
+
+def test_vocabularies_come_from_common(small):
+    raw, _ = small
+    texts = license_texts()
+    assert set(texts) == set(CC_LICENSES)
+    for lic, (name, url) in CC_LICENSES.items():
+        assert texts[lic].startswith(f"{lic}: {name}\n{url}\n")
+    sites = {r["anatom_site_1"] for r in _rows(raw)} - {""}
+    assert sites and sites <= set(ANATOM_SITES_1)
 
 
 def test_other_seed_differs(small, tmp_path):

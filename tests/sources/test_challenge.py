@@ -1,337 +1,22 @@
-"""Folder and ISIC challenge importers, and the challenge download from a fake S3 bucket (127.0.0.1)."""
+"""sources/challenge: the six ground-truth formats, bad rows, extra metadata, and the download from a
+fake S3 bucket on 127.0.0.1 (choice of objects, zip-slip rejection, cache, byte-identical reruns)."""
 
 from __future__ import annotations
 
 import io
-import json
-import os
+import logging
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from PIL import Image
+from source_helpers import digest, labels, put, read_meta, reasons, tiny_jpeg
 
-from conftest import jpeg_bytes, lesion_image
 from fakes.s3_bucket import FakeS3Bucket
-from melanoma.config import ChallengeParams, FolderParams, PrepareParams
+from melanoma.config import ChallengeParams
 from melanoma.errors import DataError
-from melanoma.ingest import http
-from melanoma.ingest.importers import import_challenge, import_folder
-from melanoma.ingest.s3list import S3Object, choose_objects, list_bucket, parse_list_page
-from melanoma.labels import derive_labels
-from melanoma.prepare import prepare
-
-# ------------------------------------------------------------------------------------------- helpers
-
-_counter = iter(range(1, 1_000_000))
-
-
-def tiny_jpeg(size: int = 8) -> bytes:
-    """A small JPEG with unique content (each call a different colour), so no accidental duplicates."""
-    i = next(_counter)
-    img = Image.new("RGB", (size, size), (i % 251, (i * 7) % 253, (i * 13) % 255))
-    img.putpixel((0, 0), (i // 251 % 256, 0, 0))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=95)
-    return buf.getvalue()
-
-
-def put(path: Path, data: bytes | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tiny_jpeg() if data is None else data)
-    return path
-
-
-def read_meta(raw: Path) -> pd.DataFrame:
-    return pd.read_csv(raw / "metadata.csv", dtype=str, keep_default_na=False).set_index(
-        "isic_id", drop=False
-    )
-
-
-def labels(raw: Path) -> dict[str, int | None]:
-    """isic_id -> label exactly as prepare will derive it (1 melanoma, 0 not, None unlabeled)."""
-    meta = read_meta(raw)
-    lab = derive_labels(meta)["label"]
-    return {i: (None if pd.isna(v) else int(v)) for i, v in lab.items()}
-
-
-def reasons(report: dict) -> str:
-    return "\n".join(json.dumps(f) for f in report["failures"])
-
-
-# ------------------------------------------------------------------------------------ folder import
-
-
-def test_folder_class_folders_at_several_depths(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    files = [
-        "benign/a.jpg",
-        "malignant/b.jpg",
-        "train/Benign/c.jpg",
-        "test/MALIGNANT/d.PNG",
-        "part1/train/melanoma/e.jpg",
-        "part1/train/Nevus/f.jpeg",
-        "x/0/h.jpg",
-        "x/1/g.jpg",
-        "train/benign/ISIC_0001234.jpg",  # a real id is kept
-    ]
-    for rel in files:
-        put(src / rel)
-    (src / "README.txt").write_text("not an image")
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src)), seed=1)
-    assert report["failures"] == [] and report["n_images"] == 9 and report["n_ignored_files"] == 1
-    meta = read_meta(tmp_path / "raw")
-    # Synthetic ids follow the sorted relative paths; the real ISIC id is skipped over.
-    expected_ids = {
-        "benign/a.jpg": "ISIC_9000000",
-        "malignant/b.jpg": "ISIC_9000001",
-        "part1/train/Nevus/f.jpeg": "ISIC_9000002",  # code-point order: upper case first
-        "part1/train/melanoma/e.jpg": "ISIC_9000003",
-        "test/MALIGNANT/d.PNG": "ISIC_9000004",
-        "train/Benign/c.jpg": "ISIC_9000005",
-        "train/benign/ISIC_0001234.jpg": "ISIC_0001234",
-        "x/0/h.jpg": "ISIC_9000006",
-        "x/1/g.jpg": "ISIC_9000007",
-    }
-    assert dict(zip(meta["source_path"], meta["isic_id"], strict=True)) == expected_ids
-    assert meta.loc["ISIC_9000003", "source_split"] == "part1/train"
-    assert meta.loc["ISIC_9000004", "source_split"] == "test"
-    assert meta.loc["ISIC_9000000", "source_split"] == ""
-    assert (
-        meta.loc["ISIC_0001234", "id_assigned"] == "False"
-        and meta.loc["ISIC_9000000", "id_assigned"] == "True"
-    )
-    assert meta.loc["ISIC_9000003", "diagnosis"] == "melanoma"
-    assert meta.loc["ISIC_9000002", "diagnosis"] == "nevus"
-    assert meta.loc["ISIC_9000001", "benign_malignant"] == "malignant"
-    assert labels(tmp_path / "raw") == {
-        "ISIC_9000000": 0, "ISIC_9000001": 1, "ISIC_9000002": 0, "ISIC_9000003": 1, "ISIC_9000004": 1,
-        "ISIC_9000005": 0, "ISIC_0001234": 0, "ISIC_9000006": 0, "ISIC_9000007": 1,
-    }  # fmt: skip
-    images = tmp_path / "raw" / "images"
-    assert (images / "ISIC_9000004.png").is_file() and (images / "ISIC_9000002.jpeg").is_file()
-    # Hardlinked on one filesystem: no copy of the bytes.
-    assert os.stat(images / "ISIC_9000000.jpg").st_ino == os.stat(src / "benign/a.jpg").st_ino
-    assert report["n_linked"] == 9
-    # Licence not stated: 'unknown' with an explanatory text.
-    assert set(meta["copyright_license"]) == {"unknown"}
-    assert "did not state a licence" in (tmp_path / "raw/licenses/unknown.txt").read_text()
-    on_disk = json.loads((tmp_path / "raw/ingest_report.json").read_text())
-    assert on_disk["n_images"] == 9 and on_disk["mode"] == "class_folders"
-
-    # Deterministic: another import (another seed) gives byte-identical metadata.
-    import_folder(tmp_path / "raw2", FolderParams(path=str(src)), seed=99)
-    assert (tmp_path / "raw2/metadata.csv").read_bytes() == (tmp_path / "raw/metadata.csv").read_bytes()
-
-
-def test_folder_duplicates_are_kept_and_reported(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    data = tiny_jpeg()
-    put(src / "train/malignant/768.jpg", data)
-    put(src / "train/malignant/769.jpg", data)
-    put(src / "test/benign/1.jpg", data)  # same bytes, other label
-    put(src / "test/benign/2.jpg")
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src)), 0)
-    assert report["n_images"] == 4 and report["failures"] == []
-    assert report["n_duplicate_files"] == 2
-    (dup,) = report["duplicates"]
-    assert sorted(dup["source_paths"]) == [
-        "test/benign/1.jpg",
-        "train/malignant/768.jpg",
-        "train/malignant/769.jpg",
-    ]
-    assert dup["conflicting_labels"] is True
-
-
-def test_folder_repeated_real_ids(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    same = tiny_jpeg()
-    put(src / "test/benign/ISIC_0000001.jpg", same)
-    put(src / "train/benign/ISIC_0000001.jpg", same)  # the same file twice: one copy is enough
-    put(src / "test/malignant/ISIC_0000002.jpg")
-    put(src / "train/malignant/isic_0000002.png")  # same id (any case), other content: a failure
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src)), 0)
-    assert report["n_images"] == 2 and report["n_synthetic_ids"] == 0
-    assert report["same_id_copies_skipped"] == [
-        {
-            "path": "train/benign/ISIC_0000001.jpg",
-            "isic_id": "ISIC_0000001",
-            "same_file_as": "test/benign/ISIC_0000001.jpg",
-        }
-    ]
-    (failure,) = report["failures"]
-    assert (
-        failure["path"] == "train/malignant/isic_0000002.png"
-        and "already used by test/malignant" in failure["reason"]
-    )
-
-
-def test_folder_unknown_class_unlabeled_unreadable(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    put(src / "train/benign/a.jpg")
-    put(src / "train/malignant/b.jpg")
-    put(src / "train/weird/c.jpg")
-    put(src / "train/weird/d.jpg")
-    put(src / "loose.jpg")
-    (src / "train/benign/broken.jpg").symlink_to(src / "does-not-exist.jpg")
-    (src / "train/benign/empty.jpg").write_bytes(b"")
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src)), 0)
-    assert report["n_images"] == 2
-    text = reasons(report)
-    assert "unknown class folder 'weird': 2 image(s)" in text
-    assert "top level are in no class folder, e.g. loose.jpg" in text
-    assert "train/benign/broken.jpg" in text and "unreadable file" in text
-    assert "empty file" in text
-    assert len(report["failures"]) == 4
-    assert set(read_meta(tmp_path / "raw")["source_path"]) == {"train/benign/a.jpg", "train/malignant/b.jpg"}
-
-
-def test_folder_unreadable_subfolder_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = tmp_path / "src"
-    put(src / "train/benign/a.jpg")
-    put(src / "train/malignant/b.jpg")
-    put(src / "test/malignant/c.jpg")
-    real_scandir = os.scandir
-
-    def scandir(path):  # permissions cannot stop root, so fail the listing the way the OS would
-        if Path(path).name == "test":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src)), 0)
-    assert report["n_images"] == 2
-    assert report["failures"] == [{"path": "test", "reason": "cannot list folder: Permission denied"}]
-
-
-def test_folder_missing_empty_or_useless_is_data_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="folder not found"):
-        import_folder(tmp_path / "raw", FolderParams(path=str(tmp_path / "nope")), 0)
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty/notes.txt").write_text("x")
-    with pytest.raises(DataError, match="no image files"):
-        import_folder(tmp_path / "raw", FolderParams(path=str(tmp_path / "empty")), 0)
-    put(tmp_path / "odd/other/a.jpg")
-    with pytest.raises(DataError, match="none of 1 image"):
-        import_folder(tmp_path / "raw", FolderParams(path=str(tmp_path / "odd")), 0)
-    with pytest.raises(DataError, match="path is empty"):
-        import_folder(tmp_path / "raw", FolderParams(path=""), 0)
-
-
-def test_folder_with_metadata_csv(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    for rel in ("a.jpg", "sub/b.jpg", "ISIC_0000007.jpg", "c.jpg", "d.jpg", "e.jpg"):
-        put(src / rel)
-    (src / "labels.csv").write_text(
-        "image_name,target,benign_malignant,diagnosis,diagnosis_1,diagnosis_3,patient,age,label\n"
-        "a,1,,,,,P1,42,\n"  # line 2: stem; target -> malignant; age rounded to 5
-        "sub/b.jpg,,benign,nevus,,,P2,,\n"  # line 3: a relative path
-        "ISIC_0000007,,,,Malignant,Melanoma in situ,P3,,\n"  # line 4: hierarchical labels
-        "missing_one,0,,,,,P4,,\n"  # line 5: no such image
-        "a.jpg,0,,,,,P1,,\n"  # line 6: second row for a.jpg
-        "d,maybe,,,,,P5,,\n"  # line 7: bad target
-        "e.jpg,,,,,,P6,,MEL\n",  # line 8: a class column
-        encoding="utf-8",
-    )
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src), metadata_csv="labels.csv"), 0)
-    assert report["mode"] == "metadata_csv"
-    by_row = {f.get("row"): f for f in report["failures"]}
-    assert "no image file matches" in by_row[5]["reason"]
-    assert "second row for a.jpg (first at row 2)" in by_row[6]["reason"]
-    assert "'maybe' is not 0 or 1" in by_row[7]["reason"]
-    assert any(f.get("path") == "c.jpg" and "no row" in f["reason"] for f in report["failures"])
-    assert any(f.get("path") == "d.jpg" and "no row" in f["reason"] for f in report["failures"])
-    meta = read_meta(tmp_path / "raw")
-    ids = dict(zip(meta["source_path"], meta["isic_id"], strict=True))
-    assert ids == {"ISIC_0000007.jpg": "ISIC_0000007", "a.jpg": "ISIC_9000000", "e.jpg": "ISIC_9000001",
-                   "sub/b.jpg": "ISIC_9000002"}  # fmt: skip
-    assert meta.loc["ISIC_9000000", "patient_id"] == "P1" and meta.loc["ISIC_9000000", "age_approx"] == "40"
-    assert meta.loc["ISIC_9000002", "source_split"] == "sub"
-    assert "label" not in meta.columns and "target" not in meta.columns
-    assert labels(tmp_path / "raw") == {
-        "ISIC_0000007": 1,
-        "ISIC_9000000": 1,
-        "ISIC_9000001": 1,
-        "ISIC_9000002": 0,
-    }
-
-
-def test_folder_metadata_csv_without_usable_columns(tmp_path: Path) -> None:
-    put(tmp_path / "src/a.jpg")
-    (tmp_path / "meta.csv").write_text("foo,bar\na,1\n")
-    with pytest.raises(DataError, match="no image column"):
-        import_folder(
-            tmp_path / "raw",
-            FolderParams(path=str(tmp_path / "src"), metadata_csv=str(tmp_path / "meta.csv")),
-            0,
-        )
-    (tmp_path / "meta.csv").write_text("image,age\na,1\n")
-    with pytest.raises(DataError, match="no label column"):
-        import_folder(
-            tmp_path / "raw",
-            FolderParams(path=str(tmp_path / "src"), metadata_csv=str(tmp_path / "meta.csv")),
-            0,
-        )
-
-
-def test_folder_isic_v1_sidecars_and_license(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    put(src / "ISIC_0000028.jpg")
-    (src / "ISIC_0000028.json").write_text(json.dumps({
-        "_id": "x", "name": "ISIC_0000028",
-        "meta": {"clinical": {"benign_malignant": "malignant", "diagnosis": "melanoma", "age_approx": 60,
-                              "sex": "male", "diagnosis_confirm_type": None},
-                 "acquisition": {"image_type": "dermoscopic", "pixelsX": 1504, "pixelsY": 1129}},
-    }))  # fmt: skip
-    put(src / "ISIC_0000029.jpg")
-    (src / "ISIC_0000029.json").write_text("{not json")
-    (src / "LICENSE.txt").write_text("Creative Commons Legal Code\n\nCC0 1.0 Universal\n")
-    (src / "ATTRIBUTION.txt").write_text("UDA-1 by Anonymous\n\nmore text\n")
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src)), 0)
-    assert report["n_images"] == 1 and "unreadable sidecar" in reasons(report)
-    row = read_meta(tmp_path / "raw").loc["ISIC_0000028"]
-    assert (row["diagnosis"], row["age_approx"], row["pixels_x"], row["image_type"]) == (
-        "melanoma",
-        "60",
-        "1504",
-        "dermoscopic",
-    )
-    assert row["copyright_license"] == "CC-0" and row["attribution"] == "UDA-1 by Anonymous"
-    assert "CC0 1.0 Universal" in (tmp_path / "raw/licenses/CC-0.txt").read_text()
-
-
-def test_folder_import_then_prepare(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    src = tmp_path / "src"
-    n = 0
-    for split, count in (("train", 8), ("test", 4)):
-        for cls in ("benign", "malignant"):
-            for i in range(count):
-                put(src / split / cls / f"{i}.jpg", jpeg_bytes(lesion_image(rng, cls == "malignant", 40, 30)))
-                n += 1
-    # One exact duplicate, as in the real Kaggle set: imported, then dropped by prepare.
-    put(src / "train/malignant/dup.jpg", (src / "train/malignant/0.jpg").read_bytes())
-    report = import_folder(tmp_path / "raw", FolderParams(path=str(src)), 42)
-    assert report["n_images"] == n + 1 and report["n_duplicate_files"] == 1
-    prep = prepare(tmp_path / "raw", tmp_path / "prepared", PrepareParams(image_size=16, workers=1))
-    assert prep["n_kept"] == n and prep["n_duplicates"] == 1
-    assert prep["n_melanoma"] == n // 2 and prep["n_not_melanoma"] == n // 2
-    index = pd.read_csv(tmp_path / "prepared/index.csv")
-    assert set(index["label_source"]) == {"benign_malignant"}
-
-
-def test_folder_import_with_diagnosis_then_prepare(tmp_path: Path) -> None:
-    """melanoma/nevus folders (and every challenge format) write the legacy ``diagnosis`` column."""
-    rng = np.random.default_rng(1)
-    for cls in ("melanoma", "nevus"):
-        for i in range(6):
-            put(tmp_path / "src" / cls / f"{i}.jpg", jpeg_bytes(lesion_image(rng, cls == "melanoma", 40, 30)))
-    import_folder(tmp_path / "raw", FolderParams(path=str(tmp_path / "src")), 0)
-    prep = prepare(tmp_path / "raw", tmp_path / "prepared", PrepareParams(image_size=16, workers=1))
-    assert (prep["n_melanoma"], prep["n_not_melanoma"]) == (6, 6)
-
+from melanoma.sources.challenge import import_challenge
+from melanoma.sources.challenge.fetch import choose_objects
+from melanoma.sources.s3 import S3Object
 
 # --------------------------------------------------------------------------------- challenge import
 
@@ -540,55 +225,6 @@ def test_challenge_metadata_csv_is_merged(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- bucket download
 
 
-def listing_xml(keys: list[tuple[str, int]], truncated: bool, token: str | None) -> str:
-    contents = "".join(
-        f"<Contents><Key>{k}</Key><LastModified>2020-01-01T00:00:00.000Z</LastModified>"
-        f"<ETag>&quot;{'a' * 32}&quot;</ETag><Size>{s}</Size><StorageClass>STANDARD</StorageClass></Contents>"
-        for k, s in keys
-    )
-    nxt = f"<NextContinuationToken>{token}</NextContinuationToken>" if token else ""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-        f"<Name>b</Name><Prefix>p/</Prefix><KeyCount>{len(keys)}</KeyCount><MaxKeys>2</MaxKeys>"
-        f"<IsTruncated>{str(truncated).lower()}</IsTruncated>{contents}{nxt}</ListBucketResult>"
-    )
-
-
-def test_parse_list_page() -> None:
-    objects, truncated, token = parse_list_page(
-        listing_xml([("p/a.csv", 10), ("p/b.zip", 20)], True, "tok==")
-    )
-    assert [(o.key, o.size, o.etag) for o in objects] == [
-        ("p/a.csv", 10, "a" * 32),
-        ("p/b.zip", 20, "a" * 32),
-    ]
-    assert truncated and token == "tok=="
-    objects, truncated, token = parse_list_page(listing_xml([], False, None))
-    assert objects == [] and not truncated and token is None
-    with pytest.raises(DataError, match="AccessDenied"):
-        parse_list_page("<Error><Code>AccessDenied</Code><Message>no</Message></Error>")
-    with pytest.raises(DataError, match="not valid XML"):
-        parse_list_page("<ListBucketResult")
-
-
-def test_list_bucket_follows_continuation_tokens(tmp_path: Path) -> None:
-    objects = {f"challenges/2020/file_{i:02d}.bin": bytes(i + 1) for i in range(7)}
-    objects["challenges/2019/other.csv"] = b"x"
-    objects["zzz/outside.csv"] = b"y"
-    with FakeS3Bucket(objects) as bucket:
-        session = http.make_session("test", accept="*/*")
-        guard = http.UrlGuard(frozenset(), allow_loopback_http=True)
-        found, pages = list_bucket(
-            session, bucket.url, "challenges/2020/", http.RetryPolicy(retries=0), guard, max_keys=2
-        )
-        assert pages == 4 and len(bucket.list_calls) == 4
-        assert [o.key for o in found] == sorted(k for k in objects if k.startswith("challenges/2020/"))
-        assert [o.size for o in found] == list(range(1, 8))
-        assert "continuation-token" not in bucket.list_calls[0]
-        assert all("continuation-token" in call and call["max-keys"] == "2" for call in bucket.list_calls[1:])
-        assert found[0].etag == bucket.etag(found[0].key)
-
-
 def zip_bytes(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -628,7 +264,9 @@ def bucket_2020() -> dict[str, bytes]:
     }
 
 
-def test_challenge_download_extracts_safely_and_caches(tmp_path: Path) -> None:
+def test_challenge_download_extracts_safely_and_caches(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, foreign_hosts: list[str]
+) -> None:
     objects = bucket_2020()
     with FakeS3Bucket(objects, page_max=2) as bucket:
         params = ChallengeParams(download=True, bucket_url=bucket.url, prefix="challenges/2020/")
@@ -650,8 +288,9 @@ def test_challenge_download_extracts_safely_and_caches(tmp_path: Path) -> None:
         assert rejected == ["../ISIC_0000666.jpg", "/abs/ISIC_0000668.jpg", "train/../../ISIC_0000667.jpg"]
         assert not list(tmp_path.rglob("ISIC_000066[678].jpg"))
         cache = tmp_path / "data/challenge_cache" / bucket.url.split("//")[1].replace(":", "_")
-        assert Path(dl["cache_dir"]) == cache
-        assert (cache.parent / ".gitignore").read_text().endswith("*\n")
+        assert tmp_path / "data" / dl["cache_dir"] == cache  # relative: the same report on every machine
+        assert report["images"] == dl["cache_dir"] + "/challenges/2020/ISIC_2020_Training_JPEG"
+        assert (tmp_path / "data/challenge_cache/.gitignore").read_text().endswith("*\n")
         assert (cache / "challenges/2020/ISIC_2020_Training_JPEG/train/ISIC_0000100.jpg").is_file()
         assert not (
             cache / "challenges/2020/ISIC_2020_Training_JPEG.zip"
@@ -665,9 +304,14 @@ def test_challenge_download_extracts_safely_and_caches(tmp_path: Path) -> None:
 
         # A rerun (a fresh raw dir next to the same cache) downloads nothing again.
         before = dict(bucket.gets)
-        again = import_challenge(tmp_path / "data/raw2", params)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="melanoma.sources.challenge.fetch"):
+            again = import_challenge(tmp_path / "data/raw2", params)
         assert dict(bucket.gets) == before
-        assert {o["action"] for o in again["download"]["objects"]} == {"cached"}
+        assert sum("is cached" in r.getMessage() for r in caplog.records) == 2
+        assert not any("downloaded" in r.getMessage() for r in caplog.records)
+        # How it was fetched is logged, not reported: the rerun's raw folder is byte-identical.
+        assert again == report and digest(tmp_path / "data/raw2") == digest(tmp_path / "data/raw")
         assert again["n_images"] == 4 and len(again["failures"]) == 3  # still reported
         assert (tmp_path / "data/raw2/metadata.csv").read_bytes() == (
             tmp_path / "data/raw/metadata.csv"
@@ -683,6 +327,7 @@ def test_challenge_download_extracts_safely_and_caches(tmp_path: Path) -> None:
         )
         assert read_meta(tmp_path / "data/raw3").loc["ISIC_0000102", "patient_id"] == "IP_X"
         assert third["n_images"] == 4
+    assert foreign_hosts == []  # botocore looked up no credentials, region or endpoint elsewhere
 
 
 def test_challenge_download_ground_truth_zip_and_selection(tmp_path: Path) -> None:
