@@ -25,6 +25,8 @@ then the server behaves. Kinds:
 ``429``        shorthand: 429 with ``Retry-After: options.get('retry_after', '1')``
 ``503``        shorthand: 503 (``retry_after`` optional)
 ``slow``       sleep ``options['seconds']`` (default 2) before answering normally
+``hold``       wait until ``options['event']`` (a threading.Event) is set, then answer normally:
+               a stall that no load on the machine can shorten or lengthen
 ``reset``      send headers (full Content-Length) and half the body, then reset the TCP connection
 ``truncate``   send headers (full Content-Length) and half the body, then close the connection
 ``short``      send a consistent but shorter body (Content-Length = half): only a size check sees it
@@ -506,10 +508,12 @@ class FakeIsicServer(LoopbackHTTPServer):
         if self.latency:
             time.sleep(self.latency)
         targets = [key, route] if key else [route]
-        fault = self._take(targets, {"status", "429", "503", "slow", "redirect"})
+        fault = self._take(targets, {"status", "429", "503", "slow", "hold", "redirect"})
         if fault is not None:
             if fault.kind == "slow":
                 time.sleep(float(fault.options.get("seconds", 2.0)))
+            elif fault.kind == "hold":
+                fault.options["event"].wait(float(fault.options.get("timeout", 120.0)))
             elif fault.kind == "redirect":
                 loc = str(fault.options.get("location", "https://evil.example.com/x.jpg"))
                 self._send(h, 302, b"", "text/plain", {"Location": loc})

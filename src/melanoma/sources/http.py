@@ -559,8 +559,9 @@ def download_to(
     (429/5xx, ``Retry-After``), connect/read errors, bodies that break mid-way or end short and
     size mismatches share one budget and one backoff. Redirects are followed by hand (at most
     ``policy.max_redirects``) and only to URLs ``url_guard`` admits; other non-2xx statuses fail at
-    once. ``on_bytes(n)`` is called for each chunk written (negative when an attempt's bytes are
-    thrown away). ``cancel``, when set, stops the download between chunks and during waits.
+    once. A size mismatch where the body matched its own Content-Length is permanent once a second
+    attempt confirms it (the listing is wrong, not the network). ``on_bytes(n)`` is called for each
+    chunk written (negative when an attempt's bytes are thrown away). ``cancel``, when set, stops the download between chunks and during waits.
     Raises ``DiskFull`` when the disk is full (every other file would fail the same way).
     """
     policy = policy or RetryPolicy()
@@ -568,6 +569,7 @@ def download_to(
     fetch = _Fetch(session, url, dest, expected_size, policy, url_guard, cancel, on_bytes)
     retry = policy.retry(stats, cancel)
     attempts = 0
+    confirmed: str | None = None  # a consistent size mismatch seen on the previous attempt
     while True:
         attempts += 1
         try:
@@ -576,6 +578,15 @@ def download_to(
             nbytes = fetch.once()
             return DownloadResult(url, dest, ok=True, nbytes=nbytes, attempts=attempts)
         except _Again as again:
+            mismatch = (
+                again.error if isinstance(again.error, SizeMismatch) and again.error.consistent else None
+            )
+            if mismatch is not None and str(mismatch) == confirmed:
+                # The same whole, self-consistent body twice: the expected size is wrong, not the
+                # transfer. Retrying would download it again and again (on every rerun, too).
+                why = f"{again.detail}, twice (a permanent mismatch: the listed size is not the file's)"
+                return DownloadResult(url, dest, False, 0, attempts, why, again.status)
+            confirmed = str(mismatch) if mismatch is not None else None
             try:
                 retry = retry.increment("GET", url, response=again.response, error=again.error)
             except u3.MaxRetryError:

@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from melanoma import atomic
 from melanoma.config import IsicParams
 from melanoma.contracts import IMAGES_DIR, INGEST_REPORT, LICENSES_DIR, METADATA_CSV, write_raw_metadata
 from melanoma.errors import DataError
-from melanoma.progress import DEFAULT_INTERVAL
+from melanoma.progress import DEFAULT_INTERVAL, Progress
 from melanoma.sources import http
 from melanoma.sources.isic.client import IsicApi, Preflight, collections_param, validate_query
 from melanoma.sources.isic.download import (
@@ -98,11 +99,13 @@ def _list_and_download(
 ) -> Plan:
     """Page through the listing, handing each page's jobs to the downloader as it arrives."""
     plan = Plan(raw_dir / IMAGES_DIR, api.file_guard)
-    for page in api.iter_pages(params.query, tuple(params.collections), params.limit):
-        dl.add(plan.add(page))
-        dl.collect(block=False)
-        if dl.disk_full is not None:
-            return plan  # no point listing on: nothing more can be written
+    with Progress(total=dl.total, desc="ISIC listing", unit="img", interval=dl.interval) as listed:
+        for page in api.iter_pages(params.query, tuple(params.collections), params.limit):
+            listed.update(len(page))
+            dl.add(plan.add(page))
+            dl.collect(block=False)
+            if dl.disk_full is not None:
+                return plan  # no point listing on: nothing more can be written
     if plan.n_listed == 0:
         raise DataError(
             f"the ISIC search matched no images (query {params.query!r}, collections "
@@ -153,9 +156,16 @@ def _write(raw_dir: Path, records: list[dict], texts: dict[str, str], report: di
     try:
         write_raw_metadata(raw_dir, records, texts, {k: v for k, v in report.items() if k not in RUN_KEYS})
     except OSError as exc:
+        # metadata.csv did not land, so prepare will refuse the folder; the report alone may still
+        # fit (it is small) and says what did land.
+        try:
+            atomic.write_json(raw_dir / INGEST_REPORT, {k: v for k, v in report.items() if k not in RUN_KEYS})
+            kept = f"; {INGEST_REPORT} lists the failures"
+        except OSError:
+            kept = ""
         raise DataError(
             f"cannot write the metadata of the ISIC download in {raw_dir}: {exc}. {len(records)} complete "
-            "images are on disk and kept; free some space (or fix the folder) and rerun to finish"
+            f"images are on disk and kept{kept}; free some space (or fix the folder) and rerun to finish"
         ) from exc
     # Licence files of licences no longer present would make the folder disagree with the listing.
     for p in (raw_dir / LICENSES_DIR).glob("*.txt"):
