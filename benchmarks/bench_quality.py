@@ -51,9 +51,9 @@ except ImportError:  # not installed into the interpreter: use the source tree
 from melanoma.config import FolderParams, Params, load_params, params_from_dict  # noqa: E402
 from melanoma.contracts import load_prepared, split_arrays  # noqa: E402
 from melanoma.evaluate import score_metrics  # noqa: E402
-from melanoma.sources.folder import import_folder  # noqa: E402
 from melanoma.metrics import choose_threshold, grouped_bootstrap_ci, safe_auc  # noqa: E402
 from melanoma.prepare import prepare  # noqa: E402
+from melanoma.sources.folder import import_folder  # noqa: E402
 from melanoma.split import split_frame  # noqa: E402
 from melanoma.train import fit_model  # noqa: E402
 
