@@ -11,7 +11,8 @@ are S3's XML: ``NoSuchKey`` / ``NoSuchBucket`` 404, ``InvalidArgument`` 400, ``A
 
 Knobs: ``corrupt`` (keys served with the same length but flipped bytes, for checksum checks),
 ``break_after`` ({key: n}: the next GET of the key sends all headers but only n body bytes, then
-closes the connection), ``deny_listing`` (listings answer AccessDenied), ``loop_token`` (every
+closes the connection), ``deny_listing`` (listings answer AccessDenied), ``garbage_listing``
+(listings answer 200 with broken XML), ``loop_token`` (every
 page says it is truncated and repeats one continuation token: a broken server).
 Counters: ``gets`` (Counter of object keys fetched), ``list_calls`` (the query of every listing),
 ``ranges`` (the Range header of every ranged GET).
@@ -53,6 +54,7 @@ class FakeS3Bucket(LoopbackHTTPServer):
         self.corrupt: set[str] = set()
         self.break_after: dict[str, int] = {}
         self.deny_listing = False
+        self.garbage_listing = False
         self.loop_token = False
         self.gets: Counter[str] = Counter()
         self.list_calls: list[dict[str, str]] = []
@@ -168,6 +170,9 @@ class FakeS3Bucket(LoopbackHTTPServer):
             keys = sorted(self.objects, key=lambda k: k.encode("utf-8"))
         if self.deny_listing:
             self._error(h, 403, "AccessDenied", "Access Denied", f"/{self.name}")
+            return
+        if self.garbage_listing:
+            self._send(h, 200, b"<ListBucketResult", "application/xml")
             return
         if query.get("list-type") != "2":
             self._error(h, 400, "InvalidArgument", "this fake bucket answers ListObjectsV2 only", "/")
