@@ -1,0 +1,329 @@
+"""registry.register and the manual operations against a real ``mlflow server`` (and one sqlite store).
+
+Most cases use tiny toy pyfunc models (a quality knob q mixes a label-bearing pixel with a noise
+pixel) logged by real MLflow runs tagged with their folder's fingerprint, exactly as train.py does,
+so register, re-scoring and aliases go through the real code path in seconds. The sqlite case
+trains, evaluates and registers the real baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+from melanoma import registry
+from melanoma.contracts import model_fingerprint, write_metrics, write_model_json
+from melanoma.errors import DataError
+from melanoma.metrics import safe_auc
+from melanoma.registry import Candidate, RegistryError, make_scorer, register, split_hash_of
+from melanoma.tracking import FINGERPRINT_TAG, Tracking
+
+EXPERIMENT = "registry-test"
+
+
+class ToyModel(mlflow.pyfunc.PythonModel):
+    """P = q * label pixel + (1 - q) * noise pixel: higher q, higher ROC AUC."""
+
+    def load_context(self, context: Any) -> None:
+        self.q = json.loads((Path(context.artifacts["model_dir"]) / "toy.json").read_text())["q"]
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - hints trip MLflow
+        return toy_predict(self.q, np.asarray(model_input))
+
+
+def toy_predict(q: float, images: np.ndarray) -> np.ndarray:
+    x = images[:, 0, 0, :2].astype(np.float64) / 255
+    return q * x[:, 0] + (1 - q) * x[:, 1]
+
+
+def make_split(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Test images (label in pixel [0,0,0], noise in [0,0,1]), labels and their data hashes."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.clip(100 + 60 * y + rng.normal(0, 40, n), 0, 255).astype(np.uint8)
+    hashes = {
+        "images_sha256": hashlib.sha256(images.tobytes()).hexdigest(),
+        "train_csv_sha256": "0" * 64,
+        "val_csv_sha256": "1" * 64,
+        "test_csv_sha256": hashlib.sha256(y.tobytes()).hexdigest(),
+    }
+    return images, y, hashes
+
+
+class Toys:
+    """Makes, logs (once per content) and describes toy candidates on one tracking store."""
+
+    def __init__(self, root: Path, uri: str) -> None:
+        self.root, self.uri, self.logged = root, uri, set()
+        self.splits = {"A": make_split(0), "B": make_split(1)}
+        self.tracking = Tracking(
+            uri=uri, experiment=EXPERIMENT, git_commit="c0ffee" * 6 + "beef", dvc_exp_name="exp-1"
+        )
+
+    def auc(self, q: float, split: str = "A") -> float:
+        images, y, _ = self.splits[split]
+        return round(safe_auc(y, toy_predict(q, images)), 6)
+
+    def split_id(self, split: str) -> str:
+        return split_hash_of(self.splits[split][2])
+
+    def candidate(
+        self, name: str, q: float, val: float, split: str = "A", claimed_test: float | None = None
+    ) -> Candidate:
+        """A model folder + metrics file; its run is logged the first time this content is seen."""
+        key = f"{name}-{q}-{val}-{split}-{claimed_test}"
+        model_dir, metrics = self.root / key / "model", self.root / key / "metrics.json"
+        if not model_dir.exists():
+            model_dir.mkdir(parents=True)
+            (model_dir / "toy.json").write_text(json.dumps({"q": q}))
+            info = {
+                "name": name, "family": "toy", "image_size": 4, "fit": "crop", "threshold": 0.5,
+                "threshold_rule": "sensitivity>=0.9", "val": {"val_roc_auc": val},
+                "data": self.splits[split][2],
+            }  # fmt: skip
+            write_model_json(model_dir, info)
+            test_auc = self.auc(q, split) if claimed_test is None else claimed_test
+            write_metrics(
+                metrics, {"model": name, "test": {"roc_auc": test_auc, "n": 200}, "val": info["val"]}
+            )
+        fp = model_fingerprint(model_dir)
+        if fp not in self.logged:
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(EXPERIMENT)
+            with mlflow.start_run(tags={FINGERPRINT_TAG: fp}):
+                mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=ToyModel(),
+                    artifacts={"model_dir": str(model_dir)},
+                    pip_requirements=["mlflow"],  # skips requirement inference (a slow subprocess)
+                )
+            self.logged.add(fp)
+        return Candidate(name, model_dir, metrics)
+
+    def register(self, name: str, cands: list[Candidate], split: str = "A", **kw: Any) -> registry.Decision:
+        images, y, _ = self.splits[split]
+        kw = {"margin": 0.01, "allow_unscored_champion": False, **kw}
+        return register(
+            cands,
+            name,
+            self.tracking,
+            test_split_hash=self.split_id(split),
+            scorer=make_scorer(images, y),
+            **kw,
+        )
+
+
+@pytest.fixture(scope="module")
+def toys(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Toys:
+    return Toys(tmp_path_factory.mktemp("toys"), mlflow_server)
+
+
+def aliases(uri: str, name: str) -> dict[str, str]:
+    return dict(mlflow.MlflowClient(uri).get_registered_model(name).aliases)
+
+
+def n_versions(uri: str, name: str) -> int:
+    return len(mlflow.MlflowClient(uri).search_model_versions(f"name='{name}'"))
+
+
+def test_first_candidate_chosen_on_validation_becomes_champion_and_a_rerun_writes_nothing(toys: Toys) -> None:
+    # "good_test" has the better test AUC but the worse validation AUC: validation chooses.
+    chosen = toys.candidate("by_val", q=0.6, val=0.9)
+    other = toys.candidate("good_test", q=0.95, val=0.8)
+    assert toys.auc(0.95) > toys.auc(0.6)
+    first = toys.register("m-first", [other, chosen])
+    rec = first.record
+    assert first.changed and first.new_version and first.promoted
+    assert rec["candidate"]["name"] == "by_val" and rec["candidate"]["version"] == 1
+    assert rec["action"] == "promote" and rec["champion_before"] is None and rec["champion_after"] == 1
+    assert aliases(toys.uri, "m-first") == {"champion": "1", "challenger": "1"}
+
+    mv = mlflow.MlflowClient(toys.uri).get_model_version("m-first", "1")
+    assert mv.tags[FINGERPRINT_TAG] == model_fingerprint(chosen.model_dir)
+    assert mv.tags["git_commit"] == toys.tracking.git_commit and mv.tags["dvc_exp_name"] == "exp-1"
+    assert mv.tags["data.test_csv_sha256"] == toys.splits["A"][2]["test_csv_sha256"]
+    assert float(mv.tags["test_roc_auc"]) == toys.auc(0.6) and float(mv.tags["val_roc_auc"]) == 0.9
+    assert float(mv.tags["threshold"]) == 0.5 and mv.tags["weights"]
+    assert mv.run_id and mv.run_id not in json.dumps(rec)  # run ids stay out of the tracked record
+    assert json.loads(mv.description.split("\n", 3)[3]) == rec
+
+    # Rerun with nothing new: no version, nothing written, byte-identical record. The same content
+    # logged by a new run (a retrain giving identical files) is still recognised.
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
+                          tags={FINGERPRINT_TAG: model_fingerprint(chosen.model_dir)}):  # fmt: skip
+        mlflow.pyfunc.log_model(name="model", python_model=ToyModel(),
+                                artifacts={"model_dir": str(chosen.model_dir)}, pip_requirements=["mlflow"])  # fmt: skip
+    again = toys.register("m-first", [other, chosen])
+    assert not again.changed and not again.new_version
+    assert json.dumps(again.record) == json.dumps(rec)
+    assert n_versions(toys.uri, "m-first") == 1
+
+
+def test_worse_and_within_margin_keep_the_champion_and_better_promotes(toys: Toys) -> None:
+    name, margin = "m-margin", 0.02
+    qs = {"champ": 0.5, "worse": 0.3, "close": 0.52, "better": 0.8}
+    auc = {k: toys.auc(q) for k, q in qs.items()}
+    assert auc["worse"] < auc["champ"] < auc["close"] < auc["champ"] + margin < auc["better"]
+    assert toys.register(name, [toys.candidate("champ", qs["champ"], 0.7)], margin=margin).promoted
+
+    worse = toys.register(name, [toys.candidate("worse", qs["worse"], 0.7)], margin=margin)
+    assert worse.record["action"] == "keep" and not worse.promoted
+    assert worse.record["champion_before"]["test_roc_auc"] == auc["champ"]
+    assert worse.record["champion_before"]["score"] == "recorded"
+    assert worse.record["improvement"] == pytest.approx(auc["worse"] - auc["champ"], abs=1e-6)
+    assert aliases(toys.uri, name) == {"champion": "1", "challenger": "2"}
+
+    close = toys.register(name, [toys.candidate("close", qs["close"], 0.7)], margin=margin)
+    assert not close.promoted and 0 < close.record["improvement"] < margin
+    assert f"by {margin}" in close.record["reason"]
+    assert aliases(toys.uri, name) == {"champion": "1", "challenger": "3"}
+
+    better = toys.register(name, [toys.candidate("better", qs["better"], 0.7)], margin=margin)
+    assert better.promoted and better.record["champion_before"]["version"] == 1
+    assert better.record["improvement"] == pytest.approx(auc["better"] - auc["champ"], abs=1e-6)
+    assert better.record["champion_after"] == 4
+    assert aliases(toys.uri, name) == {"champion": "4", "challenger": "4"}
+
+    # The old champion and worse models again: the better champion is never demoted.
+    again = toys.register(name, [toys.candidate("champ", qs["champ"], 0.7)], margin=0.0)
+    assert not again.promoted and not again.new_version and again.record["candidate"]["version"] == 1
+    assert aliases(toys.uri, name) == {"champion": "4", "challenger": "1"}
+    assert n_versions(toys.uri, name) == 4
+
+
+def test_changed_split_rescores_the_champion_on_todays_split(toys: Toys) -> None:
+    name = "m-split"
+    # The champion's record on split A claims 0.99; on split B it really scores far lower.
+    champ = toys.candidate("champ", 0.4, 0.8, split="A", claimed_test=0.99)
+    assert toys.register(name, [champ]).promoted
+    cand = toys.candidate("new", 0.9, 0.8, split="B")
+    assert toys.auc(0.4, "B") + 0.01 < toys.auc(0.9, "B") < 0.99
+
+    d = toys.register(name, [cand], split="B")
+    before = d.record["champion_before"]
+    assert before["score"] == "rescored" and before["test_roc_auc"] == toys.auc(0.4, "B")
+    assert before["test_split_hash"] == toys.split_id("A") != d.record["test_split_hash"]
+    assert d.promoted and aliases(toys.uri, name)["champion"] == "2"
+    tags = mlflow.MlflowClient(toys.uri).get_model_version(name, "1").tags
+    assert float(tags[registry.TAG_SCORE + toys.split_id("B")]) == toys.auc(0.4, "B")
+
+    # A candidate evaluated on another split than today's is refused.
+    with pytest.raises(DataError, match="another test split"):
+        toys.register(name, [champ], split="B")
+
+
+def test_champion_with_missing_artifacts_blocks_promotion_unless_allowed(toys: Toys) -> None:
+    name = "m-gone"
+    assert toys.register(name, [toys.candidate("lost", 0.45, 0.8, split="A")]).promoted
+    client = mlflow.MlflowClient(toys.uri)
+    get_artifact_repository(client.get_model_version_download_uri(name, "1")).delete_artifacts()
+    cand = toys.candidate("fresh", 0.85, 0.8, split="B")
+
+    blocked = toys.register(name, [cand], split="B")
+    assert not blocked.promoted and blocked.record["champion_before"]["score"] == "unscorable"
+    assert (
+        "cannot be scored" in blocked.record["reason"]
+        and "allow_unscored_champion" in blocked.record["reason"]
+    )
+    assert aliases(toys.uri, name) == {"champion": "1", "challenger": "2"}
+
+    allowed = toys.register(name, [cand], split="B", allow_unscored_champion=True)
+    assert allowed.promoted and not allowed.new_version
+    assert aliases(toys.uri, name) == {"champion": "2", "challenger": "2"}
+
+
+def test_manual_promote_needs_a_reason_and_rollback_sticks(toys: Toys) -> None:
+    name, uri = "m-manual", toys.uri
+    assert toys.register(name, [toys.candidate("champ", 0.5, 0.7)]).promoted
+    better = toys.candidate("better", 0.8, 0.7)
+    assert toys.register(name, [better]).promoted
+    assert aliases(uri, name)["champion"] == "2"
+
+    out = registry.rollback(name, uri, reason="bad calibration in clinic")
+    assert out["champion"] == 1 and aliases(uri, name)["champion"] == "1"
+    # The next repro does not undo the rollback, though v2 scores higher.
+    again = toys.register(name, [better])
+    assert not again.promoted and "rolled back" in again.record["reason"]
+    assert aliases(uri, name)["champion"] == "1"
+
+    with pytest.raises(RegistryError, match="reason"):
+        registry.promote(name, 2, "  ", uri)
+    with pytest.raises(RegistryError, match="no version"):
+        registry.promote(name, 9, "typo", uri)
+    registry.promote(name, 2, "recalibrated; reviewed by the lead", uri)
+    rows = {r["version"]: r for r in registry.list_versions(name, uri)}
+    assert rows[2]["aliases"] == ["challenger", "champion"] and rows[1]["aliases"] == []
+    assert (
+        rows[2]["promotion_reason"] == "recalibrated; reviewed by the lead" and rows[2]["rolled_back"] is None
+    )
+    assert rows[2]["tags"]["previous_champion"] == "1" and rows[1]["test_roc_auc"] == toys.auc(0.5)
+    assert "by hand" in mlflow.MlflowClient(uri).get_model_version(name, "2").description
+
+    assert registry.rollback(name, uri)["champion"] == 1
+    with pytest.raises(RegistryError, match="no previous champion"):
+        registry.rollback(name, uri)
+
+
+def test_real_baseline_on_sqlite_store_registers_and_rescores(tmp_path: Path) -> None:
+    """train -> evaluate -> register with the real baseline and pyfunc, on the default sqlite store."""
+    from conftest import make_raw
+    from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
+    from melanoma.contracts import data_hashes, load_prepared, load_splits, split_arrays, write_splits
+    from melanoma.evaluate import evaluate_model
+    from melanoma.prepare import prepare
+    from melanoma.split import split_frame, split_report
+    from melanoma.train import train_model
+
+    params = Params(
+        prepare=PrepareParams(image_size=24, workers=1),
+        split=SplitParams(test_fraction=0.25, val_fraction=0.25),
+        baseline=BaselineParams(candidates=("logistic_regression",)),
+        evaluate=EvaluateParams(bootstrap=0),
+    )
+    tracking = Tracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e2e",
+                        artifact_location=(tmp_path / "mlartifacts").as_uri())  # fmt: skip
+    make_raw(tmp_path / "raw", n=48, pos_every=3)
+    prepared = tmp_path / "prepared"
+    prepare(tmp_path / "raw", prepared, params.prepare)
+    _, index = load_prepared(prepared)
+
+    def run(tag: str, seed: int) -> tuple[registry.Decision, str]:
+        splits = tmp_path / f"splits-{tag}"
+        frames = split_frame(index, params.split, seed)
+        write_splits(splits, frames, split_report(frames))
+        model_dir, metrics = tmp_path / f"model-{tag}", tmp_path / f"metrics-{tag}.json"
+        train_model("baseline", prepared, splits, model_dir, params, tracking)
+        evaluate_model(
+            "baseline", model_dir, prepared, splits, metrics, tmp_path / f"plots-{tag}", params.evaluate, 0
+        )
+        images, _ = load_prepared(prepared)
+        x, y = split_arrays(images, load_splits(splits)["test"])
+        decision = register(
+            [Candidate("baseline", model_dir, metrics)], "melanoma-classifier", tracking,
+            margin=0.0, allow_unscored_champion=False,
+            test_split_hash=split_hash_of(data_hashes(prepared, splits)), scorer=make_scorer(x, y),
+        )  # fmt: skip
+        return decision, json.loads(metrics.read_text())["test"]["roc_auc"]
+
+    first, _ = run("a", seed=1)
+    assert first.promoted and first.record["candidate"]["version"] == 1
+    second, _ = run("b", seed=2)  # another split: the champion is re-scored by loading models:/...
+    assert second.new_version and second.record["candidate"]["version"] == 2
+    before = second.record["champion_before"]
+    assert before["score"] == "rescored" and before["test_roc_auc"] is not None
+    # Re-scoring through the registry equals evaluating the champion's folder on today's split.
+    from melanoma.models import load_model
+
+    images, _ = load_prepared(prepared)
+    x, y = split_arrays(images, load_splits(tmp_path / "splits-b")["test"])
+    direct = round(safe_auc(y, load_model(tmp_path / "model-a").predict_proba(x).astype(np.float64)), 6)
+    assert before["test_roc_auc"] == pytest.approx(direct, abs=1e-6)
+    assert n_versions(tracking.uri, "melanoma-classifier") == 2
