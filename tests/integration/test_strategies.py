@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from conftest import make_raw
 from integration.conftest import free_port
@@ -56,14 +57,16 @@ def test_mirrored_over_two_logical_cpus() -> None:
 
 
 def test_multi_worker_with_two_local_processes(tmp_path: Path) -> None:
-    make_raw(tmp_path / "raw", n=48, pos_every=2)
+    # A third positive, and class_balance=oversample: the custom loop must really oversample
+    # (it used to fall back to class weights silently).
+    make_raw(tmp_path / "raw", n=48, pos_every=3)
     prepare(tmp_path / "raw", tmp_path / "prepared", PrepareParams(image_size=32, workers=1))
     _, index = load_prepared(tmp_path / "prepared")
     frames = split_frame(index, SplitParams(test_fraction=0.25, val_fraction=0.25), 0)
     write_splits(tmp_path / "splits", frames, split_report(frames))
     params = {
         "prepare": {"image_size": 32},
-        "train": {"strategy": "multi_worker", "epochs": 1, "batch_size": 8},
+        "train": {"strategy": "multi_worker", "epochs": 1, "batch_size": 8, "class_balance": "oversample"},
         "cnn": {"filters": [4, 8], "dense": 8},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -98,5 +101,17 @@ def test_multi_worker_with_two_local_processes(tmp_path: Path) -> None:
     assert [p.returncode for p, _ in procs] == [0, 0], "\n\n".join(s[-3000:] for s in logs)
     chief = json.loads((tmp_path / "out0" / "model.json").read_text())
     worker = json.loads((tmp_path / "out1" / "model.json").read_text())
-    assert "mlflow" in chief and "mlflow" not in worker  # only the chief logs
     assert chief["n_train"] == worker["n_train"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1  # only the chief logs
+    assert chief["class_balance"] == "oversample" and "class_weights" not in chief
+    (row,) = json.loads((tmp_path / "out0" / "history.json").read_text())
+    global_batch = 2 * 8  # two workers, one replica each
+    drawn = -(-chief["n_train"] // global_batch) * global_batch  # ceil(n / batch) full batches
+    assert row["seen_pos"] + row["seen_neg"] == drawn  # the natural stream would give n // batch
+    assert (row["weight_pos"], row["weight_neg"]) == (row["seen_pos"], row["seen_neg"])  # no class weights
+    # The tallies are all-reduced: every worker logs the same counts. (The weights may differ: each
+    # worker keeps its own batch-norm statistics; only the chief's model is kept.)
+    (other,) = json.loads((tmp_path / "out1" / "history.json").read_text())
+    assert [other[k] for k in ("seen_pos", "seen_neg")] == [row[k] for k in ("seen_pos", "seen_neg")]
