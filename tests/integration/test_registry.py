@@ -76,7 +76,13 @@ class Toys:
         return split_hash_of(self.splits[split][2])
 
     def candidate(
-        self, name: str, q: float, val: float, split: str = "A", claimed_test: float | None = None
+        self,
+        name: str,
+        q: float,
+        val: float,
+        split: str = "A",
+        claimed_test: float | None = None,
+        data: dict[str, str] | None = None,
     ) -> Candidate:
         """A model folder + metrics file; its run is logged the first time this content is seen."""
         key = f"{name}-{q}-{val}-{split}-{claimed_test}"
@@ -87,7 +93,7 @@ class Toys:
             info = {
                 "name": name, "family": "toy", "image_size": 4, "fit": "crop", "threshold": 0.5,
                 "threshold_rule": "sensitivity>=0.9", "val": {"val_roc_auc": val},
-                "data": self.splits[split][2],
+                "data": data or self.splits[split][2],
             }  # fmt: skip
             write_model_json(model_dir, info)
             test_auc = self.auc(q, split) if claimed_test is None else claimed_test
@@ -272,12 +278,13 @@ def test_manual_promote_needs_a_reason_and_rollback_sticks(toys: Toys) -> None:
         registry.rollback(name, uri)
 
 
-def test_real_baseline_on_sqlite_store_registers_and_rescores(tmp_path: Path) -> None:
-    """train -> evaluate -> register with the real baseline and pyfunc, on the default sqlite store."""
+def test_real_baseline_on_sqlite_store_registers_and_is_rescored(tmp_path: Path) -> None:
+    """train -> evaluate -> register the real baseline on a sqlite store; re-scored on a new split."""
     from conftest import make_raw
     from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
     from melanoma.contracts import data_hashes, load_prepared, load_splits, split_arrays, write_splits
     from melanoma.evaluate import evaluate_model
+    from melanoma.models import load_model
     from melanoma.prepare import prepare
     from melanoma.split import split_frame, split_report
     from melanoma.train import train_model
@@ -288,42 +295,44 @@ def test_real_baseline_on_sqlite_store_registers_and_rescores(tmp_path: Path) ->
         baseline=BaselineParams(candidates=("logistic_regression",)),
         evaluate=EvaluateParams(bootstrap=0),
     )
-    tracking = Tracking(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e2e",
-                        artifact_location=(tmp_path / "mlartifacts").as_uri())  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = Tracking(uri=uri, experiment=EXPERIMENT, artifact_location=(tmp_path / "mlartifacts").as_uri())
     make_raw(tmp_path / "raw", n=48, pos_every=3)
     prepared = tmp_path / "prepared"
     prepare(tmp_path / "raw", prepared, params.prepare)
-    _, index = load_prepared(prepared)
-
-    def run(tag: str, seed: int) -> tuple[registry.Decision, str]:
-        splits = tmp_path / f"splits-{tag}"
+    images, index = load_prepared(prepared)
+    splits = {}
+    for tag, seed in (("a", 1), ("b", 2)):
+        splits[tag] = tmp_path / f"splits-{tag}"
         frames = split_frame(index, params.split, seed)
-        write_splits(splits, frames, split_report(frames))
-        model_dir, metrics = tmp_path / f"model-{tag}", tmp_path / f"metrics-{tag}.json"
-        train_model("baseline", prepared, splits, model_dir, params, tracking)
-        evaluate_model(
-            "baseline", model_dir, prepared, splits, metrics, tmp_path / f"plots-{tag}", params.evaluate, 0
-        )
-        images, _ = load_prepared(prepared)
-        x, y = split_arrays(images, load_splits(splits)["test"])
-        decision = register(
-            [Candidate("baseline", model_dir, metrics)], "melanoma-classifier", tracking,
-            margin=0.0, allow_unscored_champion=False,
-            test_split_hash=split_hash_of(data_hashes(prepared, splits)), scorer=make_scorer(x, y),
+        write_splits(splits[tag], frames, split_report(frames))
+    test = {tag: split_arrays(images, load_splits(path)["test"]) for tag, path in splits.items()}
+
+    def decide(cands: list[Candidate], tag: str) -> registry.Decision:
+        return register(
+            cands, "melanoma-classifier", tracking, margin=0.0, allow_unscored_champion=False,
+            test_split_hash=split_hash_of(data_hashes(prepared, splits[tag])), scorer=make_scorer(*test[tag]),
         )  # fmt: skip
-        return decision, json.loads(metrics.read_text())["test"]["roc_auc"]
 
-    first, _ = run("a", seed=1)
-    assert first.promoted and first.record["candidate"]["version"] == 1
-    second, _ = run("b", seed=2)  # another split: the champion is re-scored by loading models:/...
-    assert second.new_version and second.record["candidate"]["version"] == 2
+    model_dir, metrics = tmp_path / "model", tmp_path / "metrics.json"
+    train_model("baseline", prepared, splits["a"], model_dir, params, tracking)
+    evaluate_model(
+        "baseline", model_dir, prepared, splits["a"], metrics, tmp_path / "plots", params.evaluate, 0
+    )
+    first = decide([Candidate("baseline", model_dir, metrics)], "a")
+    assert first.promoted and first.version == 1
+    # The registered model, loaded by URI, scores as evaluate did.
+    evaluated = json.loads(metrics.read_text())["test"]["roc_auc"]
+    assert make_scorer(*test["a"])("models:/melanoma-classifier/1") == pytest.approx(evaluated, abs=1e-6)
+
+    # Tomorrow's split: the champion (the real baseline pyfunc) is re-scored on it.
+    toys = Toys(tmp_path / "toys", uri)
+    cand = toys.candidate("cnn", 0.9, 0.9, claimed_test=1.0, data=data_hashes(prepared, splits["b"]))
+    second = decide([cand], "b")
     before = second.record["champion_before"]
-    assert before["score"] == "rescored" and before["test_roc_auc"] is not None
-    # Re-scoring through the registry equals evaluating the champion's folder on today's split.
-    from melanoma.models import load_model
-
-    images, _ = load_prepared(prepared)
-    x, y = split_arrays(images, load_splits(tmp_path / "splits-b")["test"])
-    direct = round(safe_auc(y, load_model(tmp_path / "model-a").predict_proba(x).astype(np.float64)), 6)
-    assert before["test_roc_auc"] == pytest.approx(direct, abs=1e-6)
-    assert n_versions(tracking.uri, "melanoma-classifier") == 2
+    x, y = test["b"]
+    direct = round(safe_auc(y, load_model(model_dir).predict_proba(x).astype(np.float64)), 6)
+    assert before["score"] == "rescored" and before["test_roc_auc"] == pytest.approx(direct, abs=1e-6)
+    assert second.record["improvement"] == pytest.approx(1.0 - direct, abs=1e-6)
+    assert second.promoted == (direct < 1.0)  # the easy synthetic set may give the champion a perfect AUC
+    assert second.version == 2 and n_versions(uri, "melanoma-classifier") == 2
