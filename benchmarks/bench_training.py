@@ -578,18 +578,21 @@ def determinism_child(mode: str, args: argparse.Namespace) -> int:
     )
     seed_everything(loop.seed, loop.deterministic)
     model = build_cnn(SIZE, CnnParams())
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     with quiet():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fit_loop(
             model, x[: args.det_n], y[: args.det_n], x[args.det_n :], y[args.det_n :], loop,
-            strategy=tf.distribute.get_strategy(), on_epoch=lambda m, s: stamps.append(time.perf_counter()),
+            strategy=tf.distribute.get_strategy(),
+            on_epoch=lambda m, s: stamps.append((time.perf_counter(), time.process_time())),
         )  # fmt: skip
-    edges = [t0, *stamps]
-    epochs = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    edges = [(t0, c0), *stamps]
+    wall = [b[0] - a[0] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    cpu = [b[1] - a[1] for a, b in zip(edges[:-1], edges[1:], strict=True)]
     from tensorflow.python.framework import config as tf_config  # the switch's own getter
 
-    print(json.dumps({"mode": mode, "epochs": epochs, "enabled": tf_config.is_op_determinism_enabled()}))
+    enabled = tf_config.is_op_determinism_enabled()
+    print(json.dumps({"mode": mode, "epochs": wall, "cpu": cpu, "enabled": enabled}))
     return 0
 
 
@@ -599,6 +602,7 @@ def bench_determinism(args: argparse.Namespace) -> dict:
         f"{args.det_epochs} epochs per child, {args.repeat} children per mode (alternated); best steady epoch"
     )
     runs: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     loads: dict[str, list[Pass]] = {"off": [], "on": []}
     for _ in range(args.repeat):
         for mode in ("off", "on"):
@@ -613,21 +617,30 @@ def bench_determinism(args: argparse.Namespace) -> dict:
             got = json.loads(line)
             assert got["enabled"] == (mode == "on"), got
             runs[mode].extend(got["epochs"][1:])  # the first epoch traces
+            cpu[mode].extend(got["cpu"][1:])
             loads[mode].append(p)
     best = {k: min(v) for k, v in runs.items()}
     median = {k: float(np.median(v)) for k, v in runs.items()}
-    print(f"   {'op determinism':<16}{'best epoch s':>13}{'median s':>10}")
-    for k in ("off", "on"):
-        print(f"   {k:<16}{best[k]:>13.2f}{median[k]:>10.2f}")
-    ratio = best["on"] / best["off"]
+    cpu_median = {k: float(np.median(v)) for k, v in cpu.items()}
     print(
-        f"   on / off = {ratio:5.3f} (best epochs), {median['on'] / median['off']:5.3f} (medians)   "
+        f"   {'op determinism':<16}{'best epoch s':>13}{'median s':>10}{'median CPU s':>14}{'other load':>12}"
+    )
+    for k in ("off", "on"):
+        worst = max((p.foreign_cores or 0.0) for p in loads[k])
+        print(f"   {k:<16}{best[k]:>13.2f}{median[k]:>10.2f}{cpu_median[k]:>14.2f}{worst:>12.2f}")
+    ratio = best["on"] / best["off"]
+    cpu_ratio = cpu_median["on"] / cpu_median["off"]
+    print(
+        f"   on / off = {ratio:5.3f} (best epochs, wall), {median['on'] / median['off']:5.3f} (median wall), "
+        f"{cpu_ratio:5.3f} (median CPU)   "
         + verdict(True, *loads["on"], *loads["off"]).replace("PASS", "context")
     )
     return {
         "epoch_seconds": runs,
+        "epoch_cpu_seconds": cpu,
         "ratio_best": ratio,
         "ratio_median": median["on"] / median["off"],
+        "ratio_cpu_median": cpu_ratio,
         "clean": not any(busy(p) for ps in loads.values() for p in ps),
     }
 

@@ -68,3 +68,17 @@ def test_seeded_fit_is_deterministic() -> None:
     a, _ = fit_baseline(x, y, x, y, params, seed=7, image_size=48)
     b, _ = fit_baseline(x, y, x, y, params, seed=7, image_size=48)
     assert np.array_equal(a.predict_proba(x), b.predict_proba(x))
+
+
+def test_two_seeded_fits_save_identical_bytes(tmp_path: Path) -> None:
+    # model.joblib is a DVC output: the same seed and data must give the same file (the
+    # fresh-process version of this check, for every family, is tests/models/test_determinism.py).
+    x, y = easy_set(60, 7)
+    params = BaselineParams(
+        candidates=("logistic_regression", "random_forest", "gradient_boosting"), n_estimators=10
+    )
+    for run in ("a", "b"):
+        model, _ = fit_baseline(x, y, x, y, params, seed=3, image_size=48)
+        (tmp_path / run).mkdir()
+        model.save(tmp_path / run)
+    assert (tmp_path / "a" / "model.joblib").read_bytes() == (tmp_path / "b" / "model.joblib").read_bytes()
