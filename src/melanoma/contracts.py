@@ -276,3 +276,9 @@ def read_metrics(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: missing; run the evaluate stage first")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------- registry decision (register -> report)
+def write_registry_decision(path: Path, decision: Mapping[str, Any]) -> None:
+    """Write the register stage's decision (reports/registry.json): no timings, no run ids."""
+    atomic.write_json(Path(path), dict(decision))
