@@ -13,6 +13,9 @@ used under MultiWorkerMirroredStrategy) takes a ``LoopSettings`` and applies
 
 Each epoch's row carries what the loop actually fed the loss: ``seen_pos``/``seen_neg`` (samples of
 each class) and ``weight_pos``/``weight_neg`` (their summed loss weights).
+
+Over ~400 lines on purpose: the Keras fit() path and the custom distributed loop implement the same
+contract and stay side by side, so that a change to one is seen next to the other.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from melanoma import atomic
 from melanoma.config import AugmentParams, TrainParams
 from melanoma.data import BALANCE_MODES, class_weights, make_dataset
 from melanoma.errors import ConfigError
-from melanoma.models import layers  # noqa: F401 - registers the custom layers for loading
+from melanoma.models.layers import ClassTally  # also registers the custom layers for loading
 
 log = logging.getLogger(__name__)
 KERAS_FILE = "model.keras"
@@ -193,38 +196,6 @@ def _renumber_shared_objects(config: Any, ids: dict[int, int] | None = None) -> 
     if isinstance(config, list):
         return [_renumber_shared_objects(v, ids) for v in config]
     return config
-
-
-@keras.saving.register_keras_serializable(package="melanoma")
-class ClassTally(keras.metrics.Metric):
-    """Per epoch: how many samples of class ``cls`` the loss saw, or (``weighted``) their summed weight.
-
-    A training-loop record, not a quality metric: it shows what ``class_balance`` applied.
-    """
-
-    def __init__(self, cls: int = 1, weighted: bool = False, name: str | None = None, **kwargs: Any) -> None:
-        super().__init__(
-            name=name or f"{'weight' if weighted else 'seen'}_{'pos' if cls else 'neg'}", **kwargs
-        )
-        self.cls, self.weighted = int(cls), bool(weighted)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None) -> None:  # noqa: ANN001 - Keras tensors
-        hit = keras.ops.cast(keras.ops.equal(keras.ops.reshape(y_true, (-1,)), self.cls), "float32")
-        if self.weighted and sample_weight is not None:
-            hit = hit * keras.ops.reshape(keras.ops.cast(sample_weight, "float32"), (-1,))
-        self.total.assign_add(keras.ops.sum(hit))
-
-    def result(self):  # noqa: ANN201 - Keras tensor
-        # A new tensor, not a read of the variable: Keras reads training results after validation
-        # has reset and re-filled the same metric, and a plain read showed the validation count.
-        return keras.ops.add(self.total, 0.0)
-
-    def reset_state(self) -> None:
-        self.total.assign(0.0)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "cls": self.cls, "weighted": self.weighted}
 
 
 def make_strategy(name: str, devices: tuple[str, ...] = ()) -> tf.distribute.Strategy:

@@ -1,6 +1,9 @@
-"""Serializable Keras layers the deep models share (no Lambda layers: models load in safe mode)."""
+"""Serializable Keras objects the deep models share (no Lambda layers: models load in safe mode):
+the input preprocessing layer and the training loop's class tally metric."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import keras
 from keras import ops
@@ -37,3 +40,35 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="melanoma")
+class ClassTally(keras.metrics.Metric):
+    """Per epoch: how many samples of class ``cls`` the loss saw, or (``weighted``) their summed weight.
+
+    A training-loop record, not a quality metric: it shows what ``class_balance`` applied.
+    """
+
+    def __init__(self, cls: int = 1, weighted: bool = False, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            name=name or f"{'weight' if weighted else 'seen'}_{'pos' if cls else 'neg'}", **kwargs
+        )
+        self.cls, self.weighted = int(cls), bool(weighted)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:  # noqa: ANN001 - Keras tensors
+        hit = keras.ops.cast(keras.ops.equal(keras.ops.reshape(y_true, (-1,)), self.cls), "float32")
+        if self.weighted and sample_weight is not None:
+            hit = hit * keras.ops.reshape(keras.ops.cast(sample_weight, "float32"), (-1,))
+        self.total.assign_add(keras.ops.sum(hit))
+
+    def result(self):  # noqa: ANN201 - Keras tensor
+        # A new tensor, not a read of the variable: Keras reads training results after validation
+        # has reset and re-filled the same metric, and a plain read showed the validation count.
+        return keras.ops.add(self.total, 0.0)
+
+    def reset_state(self) -> None:
+        self.total.assign(0.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "cls": self.cls, "weighted": self.weighted}
