@@ -30,7 +30,7 @@ from melanoma import atomic
 from melanoma.cli import main as cli_main
 from melanoma.config import Params
 from melanoma.errors import DataError
-from melanoma.sources import http as mhttp
+from melanoma.sources.http import download as http_download
 from melanoma.sources.isic import RUN_KEYS, download_isic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -550,7 +550,7 @@ def test_disk_full_stops_the_download_and_writes_the_report(
 ) -> None:
     sizes = sorted(len(im.full) for im in server.images)
     disk = _FullDisk(sum(sizes[:8]))  # room for some images, far from all
-    monkeypatch.setattr(mhttp, "open", disk.open, raising=False)  # the image writes of download_to
+    monkeypatch.setattr(http_download, "open", disk.open, raising=False)  # download_to's image writes
     params = write_params(tmp_path / "p.yaml", server, allow_partial=True, concurrency=2)
     assert cli_main(["--params", str(params), "ingest", "--out", str(tmp_path / "raw")]) == 2
     report = read_report(tmp_path / "raw")

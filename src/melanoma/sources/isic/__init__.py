@@ -135,7 +135,9 @@ def _set_aside_stale(plan: Plan, dl: Downloader, set_aside: SetAside) -> int:
     return n
 
 
-def _outcome(plan: Plan, results: Sequence[tuple[Job, http.DownloadResult]]) -> tuple[list[dict], int, int]:
+def _outcome(
+    plan: Plan, results: Sequence[tuple[Job, http.DownloadResult]], dl: Downloader
+) -> tuple[list[dict], int, int]:
     """Add download failures to the plan's; return (failures, images downloaded, bytes downloaded)."""
     failures = list(plan.failures)
     n, nbytes = 0, 0
@@ -146,8 +148,32 @@ def _outcome(plan: Plan, results: Sequence[tuple[Job, http.DownloadResult]]) -> 
         failures.append(failure(job.isic_id, job.url, result.reason or "failed", result.attempts))
         if job.dest.exists() and not job.complete():
             job.dest.unlink()  # never leave a wrong-size file under a final name (e.g. from an older run)
+    if dl.disk_full is not None:  # every job not tried is missing, and says why
+        done = {job.isic_id for job, _ in results}
+        stopped = f"not downloaded: stopped after the disk filled up ({dl.disk_full})"
+        failures += [failure(j.isic_id, j.url, stopped) for j in dl.unsubmitted if j.isic_id not in done]
     failures.sort(key=lambda f: (str(f["isic_id"]), str(f["url"])))
     return failures, n, nbytes
+
+
+def _data_report(base_url: str, params: IsicParams, pre: Preflight, plan: Plan, n_images: int,
+                 failures: list[dict], fallbacks: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """What ingest_report.json holds: determined by the params, the listing and the folder alone."""
+    return {
+        "source": "isic",
+        "base_url": base_url,
+        "query": params.query,
+        "collections": list(params.collections),
+        "limit": params.limit,
+        "count": pre.count,
+        "size_bytes": pre.size_bytes,
+        "n_listed": plan.n_listed,
+        "n_duplicates_listed": plan.duplicates,
+        "n_images": n_images,
+        "n_failed": len(failures),
+        "failures": failures,
+        "license_fallbacks": fallbacks,
+    }
 
 
 def _write(raw_dir: Path, records: list[dict], texts: dict[str, str], report: dict[str, Any]) -> None:
@@ -209,31 +235,14 @@ def download_isic(
             n_aside = _set_aside_stale(plan, dl, set_aside) if dl.disk_full is None else 0
             results = dl.finish()
         download_seconds = time.perf_counter() - (dl.first_submit or listed_at)
-        failures, n_downloaded, bytes_downloaded = _outcome(plan, results)
-        if dl.disk_full is not None:
-            done = {job.isic_id for job, _ in results}
-            stopped = f"not downloaded: stopped after the disk filled up ({dl.disk_full})"
-            failures += [failure(j.isic_id, j.url, stopped) for j in dl.unsubmitted if j.isic_id not in done]
+        failures, n_downloaded, bytes_downloaded = _outcome(plan, results, dl)
         complete = [job for job in plan.sorted_jobs() if job.complete()]
         records = [flatten_image(plan.listed[job.isic_id]) for job in complete]
         used = sorted({str(r["copyright_license"]) for r in records if r.get("copyright_license")})
         texts, fallbacks = license_texts(api, used)
 
-    report: dict[str, Any] = {
-        "source": "isic",
-        "base_url": api.base_url,
-        "query": params.query,
-        "collections": list(params.collections),
-        "limit": params.limit,
-        "count": pre.count,
-        "size_bytes": pre.size_bytes,
-        "n_listed": plan.n_listed,
-        "n_duplicates_listed": plan.duplicates,
-        "n_images": len(records),
-        "n_failed": len(failures),
-        "failures": failures,
-        "license_fallbacks": fallbacks,
-        # RUN_KEYS: returned and logged, not written
+    report = _data_report(api.base_url, params, pre, plan, len(records), failures, fallbacks)
+    report |= {  # RUN_KEYS: returned and logged, never written
         "n_downloaded": n_downloaded,
         "n_skipped_complete": dl.n_skipped,
         "n_restored": dl.n_restored,
