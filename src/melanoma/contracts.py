@@ -282,3 +282,74 @@ def read_metrics(path: Path) -> dict[str, Any]:
 def write_registry_decision(path: Path, decision: Mapping[str, Any]) -> None:
     """Write the register stage's decision (reports/registry.json): no timings, no run ids."""
     atomic.write_json(Path(path), dict(decision))
+
+
+# ------------------------------------------- readers for the report stage (every hand-off above)
+REGISTRY_JSON = "registry.json"  # written by register under reports/
+PLOT_SERIES = ("roc", "prc", "calibration", "subgroups")  # evaluate's reports/plots/X/<key>.json
+
+
+def _read_json_file(path: Path, hint: str) -> Any:
+    """Parse a JSON hand-off; DataError naming the file (and the stage to run) when unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_ingest_report(raw_dir: Path) -> dict[str, Any]:
+    """Read data/raw/ingest_report.json."""
+    return _read_json_file(Path(raw_dir) / INGEST_REPORT, "run the ingest stage first")
+
+
+def read_attribution(raw_dir: Path) -> list[str]:
+    """The distinct attributions of attribution.txt, in file order (blank-line separated)."""
+    path = Path(raw_dir) / ATTRIBUTION_TXT
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the ingest stage first")
+    return [a.strip() for a in path.read_text(encoding="utf-8").split("\n\n") if a.strip()]
+
+
+def read_license_texts(raw_dir: Path) -> dict[str, str]:
+    """Licence name -> text for every licenses/<name>.txt, sorted by name."""
+    folder = Path(raw_dir) / LICENSES_DIR
+    if not folder.is_dir():
+        raise DataError(f"{folder}: missing; run the ingest stage first")
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))}
+
+
+def read_prepare_report(prepared_dir: Path) -> dict[str, Any]:
+    """Read data/prepared/prepare_report.json."""
+    return _read_json_file(Path(prepared_dir) / PREPARE_REPORT, "run the prepare stage first")
+
+
+def read_split_report(splits_dir: Path) -> dict[str, Any]:
+    """Read data/splits/split_report.json (per split: n, n_melanoma, n_benign, n_groups, ...)."""
+    return _read_json_file(Path(splits_dir) / SPLIT_REPORT, "run the split stage first")
+
+
+def read_history(model_dir: Path) -> list[dict[str, Any]] | None:
+    """Per-epoch history of a deep model, or None for a model that has none (the baseline)."""
+    path = Path(model_dir) / HISTORY_JSON
+    if not path.is_file():
+        return None
+    history = _read_json_file(path, "retrain this model")
+    if not isinstance(history, list):
+        raise DataError(f"{path}: expected a list of per-epoch records")
+    return history
+
+
+def read_plot_data(plots_dir: Path, key: str) -> list[dict[str, Any]]:
+    """One series evaluate wrote under reports/plots/X/ (``key`` in PLOT_SERIES)."""
+    rows = _read_json_file(Path(plots_dir) / f"{key}.json", "run the evaluate stage first")
+    if not isinstance(rows, list):
+        raise DataError(f"{Path(plots_dir) / f'{key}.json'}: expected a list of rows")
+    return rows
+
+
+def read_registry_record(path: Path) -> dict[str, Any]:
+    """Read the register stage's decision (reports/registry.json)."""
+    return _read_json_file(path, "run the register stage first")

@@ -1,0 +1,133 @@
+"""Everything the report shows, read once through the contracts readers (no other file access)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from melanoma import contracts
+from melanoma.errors import DataError
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where the report's inputs are and where it writes (``out_dir``: README, card, figures/)."""
+
+    raw_dir: Path
+    prepared_dir: Path
+    splits_dir: Path
+    models_dir: Path  # models/<name>/
+    metrics_dir: Path  # <name>.json
+    plots_dir: Path  # <name>/{roc,prc,calibration,subgroups}.json
+    registry_json: Path
+    out_dir: Path
+
+    @classmethod
+    def under(cls, root: Path) -> ReportPaths:
+        """The pipeline's layout (dvc.yaml) below a repository root."""
+        root = Path(root)
+        return cls(
+            raw_dir=root / "data/raw",
+            prepared_dir=root / "data/prepared",
+            splits_dir=root / "data/splits",
+            models_dir=root / "models",
+            metrics_dir=root / "reports/metrics",
+            plots_dir=root / "reports/plots",
+            registry_json=root / "reports" / contracts.REGISTRY_JSON,
+            out_dir=root / "reports",
+        )
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One trained and evaluated model: model.json, history, test metrics and evaluate's series."""
+
+    name: str
+    info: dict[str, Any]
+    history: list[dict[str, Any]] | None
+    metrics: dict[str, Any]  # the whole metrics JSON: {"model", "test", "val"}
+    series: dict[str, list[dict[str, Any]]]  # roc, prc, calibration, subgroups
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.metrics.get("test") or {}
+
+    @property
+    def weights(self) -> str:
+        """Where the weights came from (the registry's wording for models without a 'weights' key)."""
+        return str(self.info.get("weights", "none (trained from scratch)"))
+
+    @property
+    def weights_source(self) -> str:
+        """The weights plus model.json's note on them (e.g. why ImageNet weights were not used)."""
+        note = self.info.get("weights_note")
+        return f"{self.weights} ({note})" if note else self.weights
+
+
+@dataclass(frozen=True)
+class Study:
+    """All the inputs of the report."""
+
+    ingest: dict[str, Any]
+    attributions: list[str]
+    licence_texts: dict[str, str]
+    licence_counts: dict[str, int]  # images per copyright_license in metadata.csv
+    cc_by_attributions: dict[str, int]  # attribution -> images, for the CC-BY* images
+    images: np.ndarray  # memory-mapped prepared array
+    index: pd.DataFrame
+    prepare: dict[str, Any]
+    split: dict[str, Any]
+    models: list[ModelResult]
+    registry: dict[str, Any]
+
+
+def _licences(raw_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
+    meta = contracts.read_metadata(raw_dir)
+    if "copyright_license" not in meta.columns:
+        raise DataError(f"{Path(raw_dir) / contracts.METADATA_CSV}: no copyright_license column")
+    lic = meta["copyright_license"].replace("", "unknown")
+    counts = dict(sorted(Counter(lic).items()))
+    attr = meta.get("attribution", pd.Series("", index=meta.index)).replace("", "Anonymous")
+    by = attr[lic.str.upper().str.startswith("CC-BY")]
+    cc_by = dict(sorted(Counter(by).items(), key=lambda kv: (-kv[1], kv[0])))
+    return counts, cc_by
+
+
+def load_model_result(paths: ReportPaths, name: str) -> ModelResult:
+    """model.json, history.json (None when absent), metrics JSON and plot series of one model."""
+    model_dir = paths.models_dir / name
+    plots = paths.plots_dir / name
+    return ModelResult(
+        name=name,
+        info=contracts.read_model_json(model_dir),
+        history=contracts.read_history(model_dir),
+        metrics=contracts.read_metrics(paths.metrics_dir / f"{name}.json"),
+        series={key: contracts.read_plot_data(plots, key) for key in contracts.PLOT_SERIES},
+    )
+
+
+def load_study(paths: ReportPaths, model_names: Sequence[str]) -> Study:
+    """Read every input; a missing or broken file raises DataError naming it."""
+    if not model_names:
+        raise DataError("report: no models given")
+    images, index = contracts.load_prepared(paths.prepared_dir)
+    counts, cc_by = _licences(paths.raw_dir)
+    return Study(
+        ingest=contracts.read_ingest_report(paths.raw_dir),
+        attributions=contracts.read_attribution(paths.raw_dir),
+        licence_texts=contracts.read_license_texts(paths.raw_dir),
+        licence_counts=counts,
+        cc_by_attributions=cc_by,
+        images=images,
+        index=index,
+        prepare=contracts.read_prepare_report(paths.prepared_dir),
+        split=contracts.read_split_report(paths.splits_dir),
+        models=[load_model_result(paths, n) for n in model_names],
+        registry=contracts.read_registry_record(paths.registry_json),
+    )
