@@ -6,6 +6,7 @@ This is the only place that reads params.yaml and the environment; it passes typ
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ SPLITS_DIR = Path("data/splits")
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("reports/metrics")
 PLOTS_DIR = Path("reports/plots")
+REGISTRY_JSON = Path("reports/registry.json")
 
 
 def _quiet_third_parties() -> None:
@@ -135,9 +137,7 @@ def cmd_train(params: Params, args: argparse.Namespace) -> None:
 
     out = args.out or MODELS_DIR / args.model
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))  # Keras' own cache convention
-    train_model(
-        args.model, args.prepared, args.splits, out, params, _tracking(params), keras_home
-    )
+    train_model(args.model, args.prepared, args.splits, out, params, _tracking(params), keras_home)
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
@@ -154,6 +154,55 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         params.base.seed,
         _tracking(params),
     )
+
+
+def cmd_register(params: Params, args: argparse.Namespace) -> None:
+    from melanoma.contracts import (
+        data_hashes,
+        load_prepared,
+        load_splits,
+        split_arrays,
+        write_registry_decision,
+    )
+    from melanoma.registry import Candidate, make_scorer, register, split_hash_of
+
+    candidates = [Candidate(name, MODELS_DIR / name, METRICS_DIR / f"{name}.json") for name in args.models]
+    images, _ = load_prepared(args.prepared)
+    test = load_splits(args.splits)["test"]
+    decision = register(
+        candidates,
+        params.mlflow.registered_model,
+        _tracking(params),
+        margin=params.register.margin,
+        allow_unscored_champion=params.register.allow_unscored_champion,
+        test_split_hash=split_hash_of(data_hashes(args.prepared, args.splits)),
+        scorer=make_scorer(*split_arrays(images, test)),
+    )
+    write_registry_decision(args.out, decision.record)
+    log.info("register: %s (%s)", decision.record["action"], decision.record["reason"])
+
+
+def cmd_registry(params: Params, args: argparse.Namespace) -> None:
+    from melanoma.registry import list_versions, promote, rollback
+
+    name, uri = params.mlflow.registered_model, _tracking(params).uri
+    if args.action == "list":
+        rows = list_versions(name, uri)
+        for r in rows:
+            print(json.dumps(r, sort_keys=True))
+        if not rows:
+            print(f"{name}: no versions in {uri}")
+    elif args.action == "promote":
+        print(json.dumps(promote(name, args.version, args.reason, uri), sort_keys=True))
+    else:
+        print(json.dumps(rollback(name, uri, args.reason), sort_keys=True))
+
+
+def cmd_report(params: Params, args: argparse.Namespace) -> None:
+    from melanoma.report import ReportPaths, write_report
+
+    written = write_report(ReportPaths.under(args.root), list(args.models), seed=params.base.seed)
+    log.info("report: wrote %d files under %s", len(written), args.root / "reports")
 
 
 def cmd_check(params: Params, args: argparse.Namespace) -> None:
@@ -190,6 +239,28 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--model-dir", type=Path, default=None)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("register", help="register the best model (validation AUC); promote it by the rule")
+    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    p.add_argument("--prepared", type=Path, default=PREPARED_DIR)
+    p.add_argument("--splits", type=Path, default=SPLITS_DIR)
+    p.add_argument("--out", type=Path, default=REGISTRY_JSON)
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("registry", help="list versions, promote one by hand, roll the champion back")
+    acts = p.add_subparsers(dest="action", required=True)
+    acts.add_parser("list", help="versions with aliases and metrics")
+    a = acts.add_parser("promote", help="make VERSION the champion (a reason is required and recorded)")
+    a.add_argument("version", type=int)
+    a.add_argument("--reason", required=True)
+    a = acts.add_parser("rollback", help="champion back to the previous one")
+    a.add_argument("--reason", default=None)
+    p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("report", help="write reports/README.md, model_card.md and figures/")
+    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository (pipeline layout below it)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("check", help="validate params.yaml and exit")
     p.set_defaults(func=cmd_check)

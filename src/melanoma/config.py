@@ -268,8 +268,8 @@ class AugmentParams:
 class TrainParams:
     """Settings shared by every trainer (the deep models' loop, the operating point, scaling)."""
 
-    # None: threshold at Youden's J on validation
-    target_sensitivity: Annotated[Float, Field(gt=0, lt=1)] | None = None
+    # operating point chosen on validation for this sensitivity (a missed melanoma costs most); None: Youden's J
+    target_sensitivity: Annotated[Float, Field(gt=0, lt=1)] | None = 0.9
     epochs: Int = Field(default=35, ge=1)
     batch_size: Int = Field(default=64, ge=1)
     learning_rate: Float = Field(default=1e-3, gt=0)
@@ -347,6 +347,15 @@ class EvaluateParams:
 
 
 @_section
+class RegisterParams:
+    """Model Registry promotion: the champion moves only to a model that beats it on the same test split."""
+
+    margin: Float = Field(default=0.005, ge=0, le=1)  # test ROC AUC the candidate must gain over the champion
+    # champion's artifacts gone (cannot be re-scored on today's split): promote anyway?
+    allow_unscored_champion: Bool = False
+
+
+@_section
 class MlflowParams:
     """Experiment and registry names (the tracking URI comes from the environment)."""
 
@@ -367,6 +376,7 @@ class Params:
     cnn: CnnParams = field(default_factory=CnnParams)
     transfer: TransferParams = field(default_factory=TransferParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
 
 

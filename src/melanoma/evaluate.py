@@ -25,6 +25,7 @@ from melanoma.metrics import (
     confusion_at,
     expected_calibration_error,
     grouped_bootstrap_ci,
+    pauc_80,
     rates,
     reliability,
     safe_ap,
@@ -64,13 +65,15 @@ def score_metrics(
         "prevalence": float(y.mean()),
         "roc_auc": safe_auc(y, prob),
         "pr_auc": safe_ap(y, prob),
+        # partial ROC AUC above 80% sensitivity (the ISIC 2024 challenge metric, 0-0.2)
+        "pauc_80": pauc_80(y, prob),
         "threshold": threshold,
         **rates(cm),
         **cm,
         "brier": float(np.mean((prob - y) ** 2)),
         "ece": expected_calibration_error(y, prob, params.calibration_bins),
     }
-    for name, fn in (("roc_auc", safe_auc), ("pr_auc", safe_ap)):
+    for name, fn in (("roc_auc", safe_auc), ("pr_auc", safe_ap), ("pauc_80", pauc_80)):
         lo, hi = grouped_bootstrap_ci(y, prob, groups, fn, params.bootstrap, params.ci, seed)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
     for p in OPERATING_POINTS:
