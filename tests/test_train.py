@@ -80,6 +80,11 @@ def test_model_folder_is_byte_reproducible_and_run_found_by_content(data, tmp_pa
     assert run.data.tags["dvc_exp_name"] == "sweep-1"
     assert run.data.tags["dvc_exp_baseline_rev"] == "0" * 40
     assert run.data.metrics["train_seconds"] > 0
+    # The MLflow UI's Dataset column: each split with its DVC path and content hash.
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    assert inputs["test"].dataset.digest == info["data"]["test_csv_sha256"][:12]
+    assert json.loads(inputs["train"].dataset.source)["uri"].endswith("splits/train.csv")
 
 
 def test_an_unknown_fingerprint_finds_no_run(tmp_path: Path) -> None:

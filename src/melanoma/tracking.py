@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 # Tag on a training run: the content hash of the model folder it wrote (contracts.model_fingerprint).
@@ -105,3 +110,30 @@ def find_model_run(tracking: Tracking, fingerprint: str) -> str | None:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def log_split_inputs(
+    frames: Mapping[str, pd.DataFrame], sources: Mapping[str, str], hashes: Mapping[str, str]
+) -> None:
+    """Log each split as an MLflow dataset input (the UI's Dataset column): DVC path, content hash.
+
+    ``sources`` maps a split name to where the data lives (its DVC path, or the remote URL when
+    the data is pushed); ``hashes`` holds ``<split>_csv_sha256`` from ``contracts.data_hashes``.
+    """
+    import mlflow
+
+    contexts = {"train": "training", "val": "validation", "test": "testing"}
+    for split, frame in frames.items():
+        digest = hashes.get(f"{split}_csv_sha256", "")[:12] or None
+        dataset = mlflow.data.from_pandas(
+            frame[[c for c in ("isic_id", "label") if c in frame]],
+            source=sources[split],
+            targets="label" if "label" in frame else None,
+            name=split,
+            digest=digest,
+        )
+        mlflow.log_input(
+            dataset,
+            context=contexts.get(split, split),
+            tags={"images_sha256": hashes.get("images_sha256", "")},
+        )

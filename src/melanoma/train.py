@@ -25,7 +25,7 @@ from melanoma.contracts import (
 from melanoma.errors import DataError
 from melanoma.metrics import choose_threshold, confusion_at, rates, safe_ap, safe_auc
 from melanoma.models import ImageClassifier
-from melanoma.tracking import FINGERPRINT_TAG, Tracking, run_tags, set_experiment
+from melanoma.tracking import FINGERPRINT_TAG, Tracking, log_split_inputs, run_tags, set_experiment
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def train_model(
     with run_ctx as run:
         if chief:
             mlflow.log_params(logged_params(name, params))
+            log_split_inputs(frames, {k: (Path(splits_dir) / f"{k}.csv").as_posix() for k in frames}, hashes)
             if strategy is not None:
                 mlflow.set_tag("strategy", f"{params.train.strategy} x{strategy.num_replicas_in_sync}")
         on_epoch = (lambda metrics, step: mlflow.log_metrics(metrics, step=step)) if chief else None
