@@ -1,7 +1,8 @@
-"""Real servers for integration tests, on 127.0.0.1 only: an MLflow tracking server."""
+"""Real servers for integration tests, on 127.0.0.1 only: an MLflow tracking server, a headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -65,3 +66,129 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# --- A real headless browser (Debian's chromium driven by Playwright), loopback only --------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# DESIGN.md "Real components": headless, no sandbox (CI runs as root), nothing that phones home.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+    "--disable-dev-shm-usage", "--disable-default-apps", "--disable-domain-reliability",
+    "--no-default-browser-check", "--metrics-recording-only",
+    # Defence in depth below Playwright's routing: no host name but loopback resolves at all.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]  # fmt: skip
+INSTALL_HINT = (
+    "install Debian's chromium and Playwright for Python: `apt-get install -y chromium` and "
+    "`.venv/bin/pip install -e '.[dev]' -c constraints.txt` (never `playwright install`; .ci/run does both)"
+)
+
+
+def is_loopback(url: str) -> bool:
+    """True for URLs a test page may load: loopback http(s)/ws(s), or ones without a network (data:, blob:)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https", "ws", "wss"}:
+        return parts.scheme in {"data", "blob", "about"}
+    return (parts.hostname or "") in LOOPBACK_HOSTS
+
+
+class BrowserView:
+    """One open page in its own fresh context. ``requests``: every URL it asked for; ``blocked``: the ones
+    refused because their host was not loopback (the route aborts them before they leave); ``responses``:
+    the URLs that got an answer; ``failed``: requests that got none (blocked ones included)."""
+
+    def __init__(self, context, page) -> None:  # noqa: ANN001 - playwright types imported lazily
+        self.context, self.page = context, page
+        self.requests: list[str] = []
+        self.blocked: list[str] = []
+        self.responses: list[str] = []
+        self.failed: list[str] = []
+        self.console_errors: list[str] = []
+
+    def outside_loopback(self, urls: list[str]) -> list[str]:
+        return [u for u in urls if not is_loopback(u)]
+
+    def text(self) -> str:
+        return self.page.inner_text("body")
+
+    def screenshot(self, folder: Path, name: str) -> Path:
+        """Full-page PNG into ``folder`` (a test's tmp_path) and, when ``MELANOMA_TEST_ARTIFACTS`` names a
+        folder, a copy there as well, so CI can keep what the browser showed."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        keep = os.environ.get("MELANOMA_TEST_ARTIFACTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, Path(keep) / path.name)
+        return path
+
+
+class LoopbackBrowser:
+    """A launched Chromium; ``open(url)`` gives a page whose every non-loopback request is aborted."""
+
+    def __init__(self, browser) -> None:  # noqa: ANN001
+        self.browser = browser
+
+    @contextlib.contextmanager
+    def open(self, url: str, timeout_s: float = 60) -> Iterator[BrowserView]:
+        # Service workers would fetch past the route; blocking them keeps every request visible.
+        context = self.browser.new_context(viewport={"width": 1440, "height": 900}, service_workers="block")
+        context.set_default_timeout(timeout_s * 1000)
+        context.set_default_navigation_timeout(timeout_s * 1000)
+        view = BrowserView(context, context.new_page())
+
+        def route(r) -> None:  # noqa: ANN001
+            if is_loopback(r.request.url):
+                r.continue_()
+            else:
+                view.blocked.append(r.request.url)
+                r.abort("blockedbyclient")
+
+        def route_ws(ws) -> None:  # noqa: ANN001
+            if is_loopback(ws.url):
+                ws.connect_to_server()
+            else:
+                view.blocked.append(ws.url)
+                ws.close()
+
+        context.route("**/*", route)
+        context.route_web_socket("**/*", route_ws)
+        context.on("request", lambda req: view.requests.append(req.url))
+        context.on("response", lambda resp: view.responses.append(resp.url))
+        context.on("requestfailed", lambda req: view.failed.append(f"{req.url} ({req.failure})"))
+        view.page.on("console", lambda m: m.type == "error" and view.console_errors.append(m.text))
+        try:
+            view.page.goto(url, wait_until="domcontentloaded")
+            yield view
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[LoopbackBrowser]:
+    """Headless Debian Chromium via Playwright (a fresh temporary profile per launch), for UI tests."""
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(f"Playwright for Python is not installed: {INSTALL_HINT}")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: {INSTALL_HINT}")
+    with sync_playwright() as pw:
+        try:
+            # Playwright itself gives each launch a fresh --user-data-dir (and refuses one in args).
+            chromium = pw.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True, timeout=120_000
+            )
+        except PlaywrightError as e:
+            pytest.fail(f"{CHROMIUM} did not start under Playwright: {e}")
+        try:
+            yield LoopbackBrowser(chromium)
+        finally:
+            chromium.close()
