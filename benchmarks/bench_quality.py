@@ -111,7 +111,7 @@ def run_model(
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data["train"], data["val"], data["test"]
     strategy = None
     if name != "baseline":
-        from melanoma.models.keras_model import make_strategy
+        from melanoma.models.deep.loop import make_strategy
 
         strategy = make_strategy(params.train.strategy, params.train.devices)
     printer = EpochPrinter(name, show=name == "cnn")  # the transfer head's epochs take ~0.1 s each

@@ -71,10 +71,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from melanoma.config import AugmentParams, BaselineParams, CnnParams, TrainParams, TransferParams  # noqa: E402
-from melanoma.data import augment_batch, make_dataset  # noqa: E402
 from melanoma.models.baseline import fit_baseline  # noqa: E402
 from melanoma.models.cnn import build_cnn  # noqa: E402
-from melanoma.models.keras_model import (  # noqa: E402
+from melanoma.models.deep.data import augment_batch, make_dataset  # noqa: E402
+from melanoma.models.deep.loop import (  # noqa: E402
     KerasClassifier,
     LoopSettings,
     compile_for,

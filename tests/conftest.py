@@ -1,73 +1,19 @@
-"""Shared fixtures: tiny raw layouts built by hand (independent of the synthetic generator)."""
+"""Shared fixtures (the helpers behind them are in helpers.py)."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from melanoma.contracts import write_raw_metadata
+from helpers import make_raw
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-LICENSES = {"CC-0": "CC0 1.0 (test)", "CC-BY": "CC BY 4.0 (test)"}
-
-
-def lesion_image(rng: np.random.Generator, melanoma: bool, w: int = 160, h: int = 120) -> Image.Image:
-    """A skin-coloured frame with a dark blob; melanoma blobs are bigger and bluer (an easy signal)."""
-    arr = np.empty((h, w, 3), np.float32)
-    arr[:] = (200, 160, 140)
-    arr += rng.normal(0, 6, arr.shape)
-    yy, xx = np.mgrid[0:h, 0:w]
-    r = (0.32 if melanoma else 0.16) * h * rng.uniform(0.85, 1.15)
-    mask = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < r**2
-    arr[mask] = (60, 60, 110) if melanoma else (110, 70, 50)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def jpeg_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def make_raw(raw: Path, n: int = 40, seed: int = 0, pos_every: int = 4) -> list[dict]:
-    """A raw layout of ``n`` labelled images, every ``pos_every``-th a melanoma, 2 images per patient."""
-    rng = np.random.default_rng(seed)
-    (raw / "images").mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(n):
-        mel = i % pos_every == 0
-        isic_id = f"ISIC_{i:07d}"
-        (raw / "images" / f"{isic_id}.jpg").write_bytes(jpeg_bytes(lesion_image(rng, mel)))
-        rec = {
-            "isic_id": isic_id,
-            "attribution": "Anonymous",
-            "copyright_license": "CC-0",
-            "pixels_x": 160,
-            "pixels_y": 120,
-            "patient_id": f"IP_{i // 2:07d}",
-            "lesion_id": f"IL_{i:07d}",
-            "age_approx": 30 + 5 * (i % 10),
-            "sex": "male" if i % 3 else "female",
-            "anatom_site_1": "Trunk",
-            "diagnosis_1": "Malignant" if mel else "Benign",
-            "diagnosis_2": "Malignant melanocytic proliferations (Melanoma)"
-            if mel
-            else "Benign melanocytic proliferations",
-            "diagnosis_3": "Melanoma Invasive" if mel else "Nevus",
-        }
-        records.append(rec)
-    write_raw_metadata(raw, records, LICENSES, {"source": "test"})
-    return records
 
 
 @pytest.fixture

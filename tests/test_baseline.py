@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import lesion_image
+from helpers import lesion_image
 from melanoma.config import BaselineParams
 from melanoma.features import N_FEATURES, extract_features
 from melanoma.metrics import safe_auc

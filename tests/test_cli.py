@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import make_raw
+from helpers import make_raw
 from melanoma.cli import _tracking, main, repo_root
 from melanoma.config import Params
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import lesion_image
+from helpers import lesion_image
 from melanoma.config import AugmentParams, CnnParams, TrainParams, TransferParams
-from melanoma.data import augment_batch, class_weights, make_dataset
 from melanoma.errors import DataError
 from melanoma.metrics import safe_auc
 from melanoma.models.cnn import build_cnn, fit_cnn
-from melanoma.models.keras_model import KerasClassifier, LoopSettings
+from melanoma.models.deep.data import augment_batch, class_weights, make_dataset
+from melanoma.models.deep.loop import KerasClassifier, LoopSettings
 from melanoma.models.transfer import build_backbone, fit_transfer, resolve_weights
 
 SIZE = 32

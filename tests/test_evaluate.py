@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_raw
+from helpers import make_raw
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
 from melanoma.contracts import load_prepared, write_splits
 from melanoma.evaluate import age_band, evaluate_model, plot_data, score_metrics, subgroup_metrics

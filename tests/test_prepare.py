@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import LICENSES, make_raw
+from helpers import LICENSES, make_raw
 from melanoma.config import PrepareParams
 from melanoma.contracts import load_prepared, write_raw_metadata
 from melanoma.errors import DataError

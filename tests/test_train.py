@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import make_raw
+from helpers import make_raw
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
 from melanoma.contracts import (
     MODEL_JSON,

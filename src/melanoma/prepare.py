@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from melanoma import atomic
 from melanoma.config import PrepareParams
@@ -25,6 +24,7 @@ from melanoma.contracts import IMAGES_DIR, index_image_files, read_metadata, wri
 from melanoma.errors import DataError
 from melanoma.images import ImageDecodeError, load_resized
 from melanoma.labels import BENIGN, MELANOMA, derive_labels
+from melanoma.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
         chunk = max(1, min(64, len(tasks) // (workers * 8) or 1))
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_decode_one, tasks, chunksize=chunk)
-            for pos, res in enumerate(tqdm(results, total=len(tasks), desc="prepare", unit="img")):
+            for pos, res in enumerate(Progress(results, total=len(tasks), desc="prepare", unit="img")):
                 isic_id = candidates.at[pos, "isic_id"]
                 if res.error is not None:
                     corrupt.append({"isic_id": isic_id, "file": Path(tasks[pos][0]).name, "error": res.error})

@@ -56,7 +56,7 @@ def fit_model(
         raise DataError(f"unknown model {name!r}; expected one of baseline, cnn, transfer")
     import tensorflow as tf
 
-    from melanoma.models.keras_model import LoopSettings
+    from melanoma.models.deep.loop import LoopSettings
 
     loop = LoopSettings.from_params(params.train, seed)
     strategy = tf.distribute.get_strategy() if strategy is None else strategy
@@ -114,7 +114,7 @@ def train_model(
     start = time.perf_counter()
     strategy = None
     if name != "baseline":
-        from melanoma.models.keras_model import is_chief, make_strategy
+        from melanoma.models.deep.loop import is_chief, make_strategy
 
         strategy = make_strategy(params.train.strategy, params.train.devices)  # before other TF ops
     chief = strategy is None or is_chief(strategy)

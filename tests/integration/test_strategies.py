@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import make_raw
+from helpers import make_raw
 from integration.conftest import free_port
 from melanoma.config import PrepareParams, SplitParams
 from melanoma.contracts import load_prepared, write_splits
@@ -29,10 +29,10 @@ import tensorflow as tf
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[1])
-from conftest import lesion_image
+from helpers import lesion_image
 from melanoma.config import CnnParams, TrainParams
 from melanoma.models.cnn import fit_cnn
-from melanoma.models.keras_model import LoopSettings, make_strategy
+from melanoma.models.deep.loop import LoopSettings, make_strategy
 strategy = make_strategy("mirrored", ("/cpu:0", "/cpu:1"))
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
 rng = np.random.default_rng(0)

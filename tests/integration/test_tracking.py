@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import make_raw
+from helpers import make_raw
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
 from melanoma.contracts import load_prepared, write_splits
 from melanoma.evaluate import evaluate_model

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 
-from melanoma.models.keras_model import KERAS_FILE, ZIP_EPOCH, KerasClassifier, reproducible_keras_zip
+from melanoma.models.deep.loop import KERAS_FILE, ZIP_EPOCH, KerasClassifier, reproducible_keras_zip
 
 FAMILIES = ("baseline", "cnn", "transfer")
 
@@ -29,7 +29,7 @@ import sys, types
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from conftest import lesion_image
+from helpers import lesion_image
 from melanoma.config import (
     BaselineParams, BaseParams, CnnParams, Params, PrepareParams, TrainParams, TransferParams,
 )

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import lesion_image
+from helpers import lesion_image
 from melanoma.config import AugmentParams, CnnParams, TrainParams, TransferParams
-from melanoma.data import class_weights
 from melanoma.errors import ConfigError
 from melanoma.models.cnn import build_cnn, fit_cnn
-from melanoma.models.keras_model import LoopSettings, distributed_loop
+from melanoma.models.deep.data import class_weights
+from melanoma.models.deep.loop import LoopSettings, distributed_loop
 from melanoma.models.transfer import build_head, fit_head, fit_transfer, head_settings
 
 SIZE = 16

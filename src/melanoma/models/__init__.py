@@ -39,7 +39,7 @@ def load_model(model_dir: Path) -> ImageClassifier:
 
         return BaselineModel.load(Path(model_dir))
     if family == "keras":
-        from melanoma.models.keras_model import KerasClassifier
+        from melanoma.models.deep.loop import KerasClassifier
 
         return KerasClassifier.load(Path(model_dir), int(info["image_size"]), str(info.get("fit", "crop")))
     raise DataError(f"{model_dir}: unknown model family {family!r} in {MODEL_JSON}")

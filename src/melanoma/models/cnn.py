@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from melanoma.config import CnnParams
-from melanoma.models.keras_model import KerasClassifier, LoopSettings, fit_loop, seed_everything
-from melanoma.models.layers import Preprocess
+from melanoma.models.deep.layers import Preprocess
+from melanoma.models.deep.loop import KerasClassifier, LoopSettings, fit_loop, seed_everything
 
 
 def build_cnn(image_size: int, params: CnnParams) -> keras.Model:

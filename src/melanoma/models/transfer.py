@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from melanoma.config import TransferParams
 from melanoma.errors import DataError
-from melanoma.models.keras_model import KerasClassifier, LoopSettings, fit_loop, seed_everything
-from melanoma.models.layers import Preprocess
+from melanoma.models.deep.layers import Preprocess
+from melanoma.models.deep.loop import KerasClassifier, LoopSettings, fit_loop, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from melanoma import atomic
 from melanoma.contracts import IMAGE_SUFFIXES, IMAGES_DIR
 from melanoma.errors import DataError
 from melanoma.labels import derive_label
+from melanoma.progress import Progress
 
 # ---------------------------------------------------------------------------------- vocabularies
 
@@ -358,7 +357,7 @@ def hash_items(
     hashes: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(_try_hash, [it.path for it in items])
-        bar = tqdm(results, total=len(items), desc=desc, unit="img", leave=False, mininterval=1.0)
+        bar = Progress(results, total=len(items), desc=desc, unit="img")
         for item, res in zip(items, bar, strict=True):
             if isinstance(res, OSError):
                 reason = f"unreadable file: {res.strerror or res}"
@@ -469,7 +468,7 @@ def write_items(
     records: list[dict[str, Any]] = []
     methods: Counter[str] = Counter()
     by_hash: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for isic_id, item in tqdm(assigned, desc="writing images", unit="img", leave=False, mininterval=1.0):
+    for isic_id, item in Progress(assigned, desc="writing images", unit="img"):
         dest = images_dir / f"{isic_id}{item.path.suffix.lower()}"
         try:
             methods[place_file(item.path, dest)] += 1

@@ -40,12 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tqdm import tqdm
-
 from melanoma import atomic
 from melanoma.config import ChallengeParams
 from melanoma.contracts import IMAGE_SUFFIXES
 from melanoma.errors import DataError
+from melanoma.progress import Progress
 from melanoma.sources.common import DATASET_SPLITS, Failure, isic_id_from_name
 from melanoma.sources.s3 import (
     BucketAddress,
@@ -212,9 +211,7 @@ def extract_zip(archive: Path, dest: Path, keep_csv: bool = False) -> tuple[int,
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
-            for info in tqdm(
-                members, desc=f"extracting {archive.name}", unit="file", leave=False, mininterval=1.0
-            ):
+            for info in Progress(members, desc=f"extracting {archive.name}", unit="file"):
                 why = unsafe_member_reason(info.filename, info)
                 rel = PurePosixPath(info.filename.replace("\\", "/"))
                 target = dest.joinpath(*rel.parts)
@@ -320,9 +317,7 @@ class _Fetcher:
         if reusable(local, obj, known=obj.key in self.cache.entries):
             action = "found complete"
         else:
-            with tqdm(
-                total=obj.size, desc=obj.name, unit="B", unit_scale=True, leave=False, mininterval=1.0
-            ) as bar:
+            with Progress(total=obj.size, desc=obj.name, unit="B", unit_scale=True) as bar:
                 download_object(self.client, self.address.bucket, obj, local, on_bytes=bar.update)
             action = "downloaded"
         extra: dict[str, Any] = {}

@@ -28,11 +28,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from melanoma import atomic
 from melanoma.config import SyntheticParams
 from melanoma.contracts import IMAGES_DIR, write_raw_metadata
+from melanoma.progress import Progress
 from melanoma.sources.common import CC_LICENSES
 from melanoma.sources.synthetic.plan import MELANOMA_DX2, Plan, plan_sample
 from melanoma.sources.synthetic.render import render_image, write_image
@@ -73,7 +72,7 @@ def _render_all(plan: Plan, images_dir: Path, workers: int) -> tuple[list[int], 
     n_workers = (os.cpu_count() or 1) if workers <= 0 else workers
     n_workers = max(1, min(n_workers, len(tasks)))
     work = partial(write_image, images_dir=images_dir)
-    bar = tqdm(total=len(tasks), desc="synthetic images", unit="img", leave=False)
+    bar = Progress(total=len(tasks), desc="synthetic images", unit="img")
     sizes: list[int] = []
     pool = ProcessPoolExecutor(max_workers=n_workers) if n_workers > 1 else None
     try:

@@ -38,9 +38,9 @@ import tensorflow as tf
 
 from melanoma import atomic
 from melanoma.config import AugmentParams, TrainParams
-from melanoma.data import BALANCE_MODES, class_weights, make_dataset
 from melanoma.errors import ConfigError
-from melanoma.models.layers import ClassTally  # also registers the custom layers for loading
+from melanoma.models.deep.data import BALANCE_MODES, class_weights, make_dataset
+from melanoma.models.deep.layers import ClassTally  # also registers the custom layers for loading
 
 log = logging.getLogger(__name__)
 KERAS_FILE = "model.keras"
