@@ -65,11 +65,13 @@ def resolve_weights(spec: str, backbone: str, keras_home: Path, allow_download: 
         cached = sorted((Path(keras_home) / "models").glob(BACKBONES[backbone].cache_glob))
         if cached or allow_download:
             return WeightsChoice("imagenet", None, "imagenet")
+        # The reason goes into model.json (a tracked output): no host path in it; the log has the folder.
+        log.warning("transfer: no %s ImageNet weights in %s", backbone, Path(keras_home) / "models")
         return WeightsChoice(
             None,
             None,
             "random-init",
-            f"ImageNet weights for {backbone} are not in the Keras cache ({Path(keras_home) / 'models'}) "
+            f"ImageNet weights for {backbone} are not in the Keras cache ($KERAS_HOME/models) "
             "and transfer.download_weights is false",
         )
     path = Path(spec).expanduser()
