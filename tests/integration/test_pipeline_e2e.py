@@ -109,23 +109,54 @@ def deep_update(base: dict, extra: dict) -> dict:
     return base
 
 
-def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
+def tiny_repo(tmp_path: Path, tracking_uri: str | None) -> tuple[Path, dict[str, str]]:
+    """A git copy of the repository with TINY params, and the environment to run DVC in it."""
     repo = tmp_path / "repo"
     repo.mkdir()
     copy_repo(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(deep_update(params, TINY), sort_keys=False))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": mlflow_server,
         "DVC_NO_ANALYTICS": "1",
         "DO_NOT_TRACK": "1",
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost",
     }  # fmt: skip
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run(cmd, repo, env)
+    return repo, env
+
+
+def test_experiments_land_in_the_repository_store(tmp_path: Path) -> None:
+    repo, local = tiny_repo(tmp_path, None)
+    run([str(BIN / "dvc"), "repro"], repo, local)
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "pipeline results"]):
+        run(cmd, repo, local)
+
+    # With no MLFLOW_TRACKING_URI: a --temp run and two queued jobs at once all log to
+    # the repository's own store (not to DVC's throwaway copies), tagged with their experiment name.
+    run(
+        [str(BIN / "dvc"), "exp", "run", "--temp", "-n", "tmpexp", "-S", "baseline.n_estimators=11"],
+        repo,
+        local,
+    )
+    for name, n in (("queued1", 12), ("queued2", 13)):
+        run(
+            [str(BIN / "dvc"), "exp", "run", "--queue", "-n", name, "-S", f"baseline.n_estimators={n}"],
+            repo,
+            local,
+        )
+    run([str(BIN / "dvc"), "queue", "start", "-j", "2"], repo, local)
+    wait_queue(repo, local, ["queued1", "queued2"])
+    assert_experiment_runs(repo, {"tmpexp": 11, "queued1": 12, "queued2": 13})
+
+
+def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
+    repo, env = tiny_repo(tmp_path, mlflow_server)
 
     # Every stage's process records the project modules it loads (trace/sitecustomize.py).
     traces = tmp_path / "traces"
@@ -190,24 +221,6 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
     third = run([str(BIN / "dvc"), "repro"], repo, env)
     assert "Data and pipelines are up to date" in third.stdout + third.stderr, third.stdout[-3000:]
 
-    # Experiments with no MLFLOW_TRACKING_URI: a --temp run and two queued jobs at once all log to
-    # the repository's own store (not to DVC's throwaway copies), tagged with their experiment name.
-    local = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
-    run(
-        [str(BIN / "dvc"), "exp", "run", "--temp", "-n", "tmpexp", "-S", "baseline.n_estimators=11"],
-        repo,
-        local,
-    )
-    for name, n in (("queued1", 12), ("queued2", 13)):
-        run(
-            [str(BIN / "dvc"), "exp", "run", "--queue", "-n", name, "-S", f"baseline.n_estimators={n}"],
-            repo,
-            local,
-        )
-    run([str(BIN / "dvc"), "queue", "start", "-j", "2"], repo, local)
-    wait_queue(repo, local, ["queued1", "queued2"])
-    assert_experiment_runs(repo, {"tmpexp": 11, "queued1": 12, "queued2": 13})
-
 
 def test_bad_params_stop_the_pipeline_before_any_work(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
@@ -221,5 +234,5 @@ def test_bad_params_stop_the_pipeline_before_any_work(tmp_path: Path) -> None:
         [str(BIN / "melanoma"), "ingest"], cwd=repo, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert "'prepare.image_size' must be int, got str 'large'" in proc.stderr
+    assert "'prepare.image_size' must be an integer" in proc.stderr and "got str 'large'" in proc.stderr
     assert not (repo / "data").exists()
