@@ -280,7 +280,7 @@ def test_manual_promote_needs_a_reason_and_rollback_sticks(toys: Toys) -> None:
 
 def test_real_baseline_on_sqlite_store_registers_and_is_rescored(tmp_path: Path) -> None:
     """train -> evaluate -> register the real baseline on a sqlite store; re-scored on a new split."""
-    from conftest import make_raw
+    from helpers import make_raw
     from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
     from melanoma.contracts import data_hashes, load_prepared, load_splits, split_arrays, write_splits
     from melanoma.evaluate import evaluate_model
