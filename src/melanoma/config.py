@@ -364,6 +364,16 @@ class MlflowParams:
 
 
 @_section
+class ServeParams:
+    """The app (``melanoma serve``): upload limits and how often it looks for a new champion."""
+
+    max_upload_mb: Float = Field(default=10.0, gt=0, le=1024)  # request body limit, per image or batch
+    max_pixels: Int = Field(default=40_000_000, ge=1, le=200_000_000)  # decompression-bomb guard (w x h)
+    max_batch: Int = Field(default=16, ge=1, le=256)  # images per /predict/batch request
+    poll_seconds: Float = Field(default=10.0, gt=0)  # how often the champion alias is checked
+
+
+@_section
 class Params:
     """All of params.yaml."""
 
@@ -378,6 +388,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    serve: ServeParams = field(default_factory=ServeParams)
 
 
 _ADAPTER = TypeAdapter(Params)
