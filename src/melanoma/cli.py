@@ -205,6 +205,29 @@ def cmd_report(params: Params, args: argparse.Namespace) -> None:
     log.info("report: wrote %d files under %s", len(written), args.root / "reports")
 
 
+def cmd_serve(params: Params, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from melanoma.serve import Limits, ModelHolder, create_app, load_folder, registry_holder
+
+    if args.model_dir is not None:
+        metrics = args.metrics or METRICS_DIR / f"{args.model_dir.resolve().name}.json"
+        holder = ModelHolder(load_folder(args.model_dir, metrics if metrics.is_file() else None))
+        poll = None
+    else:
+        holder = registry_holder(_tracking(params).uri, params.mlflow.registered_model)
+        poll = params.serve.poll_seconds
+    served = holder.current
+    log.info("serve: %s (%s, threshold %.4f) on http://%s:%d", served.source, served.name,
+             served.threshold, args.host, args.port)  # fmt: skip
+    limits = Limits(
+        max_bytes=int(params.serve.max_upload_mb * 1_000_000),
+        max_pixels=params.serve.max_pixels,
+        max_batch=params.serve.max_batch,
+    )
+    uvicorn.run(create_app(holder, limits, poll), host=args.host, port=args.port, log_level="warning")
+
+
 def cmd_check(params: Params, args: argparse.Namespace) -> None:
     print(f"{args.params}: OK")
 
@@ -305,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MELANOMA_MLFLOW_PORT", "5050")))
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server")
     p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("serve", help="the app: the champion (or --model-dir) in a web page and a JSON API")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--model-dir", type=Path, default=None, help="serve this model folder instead of the registry"
+    )
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="with --model-dir: its metrics JSON (default reports/metrics/<folder name>.json)")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check", help="validate params.yaml and exit")
     p.set_defaults(func=cmd_check)

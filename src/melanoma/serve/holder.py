@@ -1,0 +1,223 @@
+"""The model being served, and the hot swap when the ``champion`` alias moves.
+
+A request takes ``holder.current`` once and uses that ``Served`` object to the end, so a swap never
+changes the model under a request in flight. The poller loads the new version completely (weights,
+a warm-up prediction, the explainer) before the one reference assignment that swaps it in; a load
+that fails leaves the old model serving and is reported by ``/health``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melanoma.models import ImageClassifier
+
+log = logging.getLogger("melanoma.serve")
+
+CHAMPION = "champion"
+
+
+@dataclass
+class Served:
+    """A fully loaded model and what the app tells about it."""
+
+    classifier: ImageClassifier
+    name: str  # model name in the pipeline: baseline, cnn, transfer
+    family: str  # baseline | keras
+    threshold: float
+    version: str | None = None  # registry version; None for a model folder
+    registered_model: str | None = None
+    source: str = ""  # models:/name/3 or the folder path
+    metrics: dict[str, Any] = field(default_factory=dict)  # test metrics
+    data: dict[str, str] = field(default_factory=dict)  # data hashes
+    loaded_at: float = field(default_factory=time.time)
+    # Keras models are not guaranteed thread-safe, and 2 cores gain nothing from parallel forward passes.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    explainer: Any = field(default=None, repr=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.classifier.image_size)
+
+    @property
+    def fit(self) -> str:
+        return str(getattr(self.classifier, "fit", "crop"))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float (N,) P(melanoma), one forward pass at a time."""
+        with self.lock:
+            return np.asarray(self.classifier.predict_proba(images), dtype=np.float64).reshape(-1)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /model`` answers."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "registered_model": self.registered_model,
+            "version": self.version,
+            "source": self.source,
+            "threshold": self.threshold,
+            "image_size": self.image_size,
+            "fit": self.fit,
+            "test_metrics": self.metrics,
+            "data_hashes": self.data,
+            "explanation": "grad-cam" if self.family == "keras" else "lesion-mask",
+        }
+
+
+def _warm(served: Served) -> Served:
+    """One prediction and one explanation, so the first request pays no lazy set-up."""
+    from melanoma.serve.explain import make_explainer
+
+    blank = np.full((1, served.image_size, served.image_size, 3), 128, np.uint8)
+    served.predict(blank)
+    served.explainer = make_explainer(served.classifier)
+    served.explainer(blank[0])
+    return served
+
+
+def load_folder(model_dir: Path, metrics_path: Path | None = None) -> Served:
+    """A model folder (``models/<name>/`` with model.json), served without the registry.
+
+    Test metrics come from ``metrics_path`` (evaluate's JSON) when given; else the folder's
+    validation metrics are shown, under their ``val_`` names.
+    """
+    from melanoma.contracts import read_metrics, read_model_json
+    from melanoma.models import load_model
+
+    info = read_model_json(model_dir)
+    classifier = load_model(model_dir)
+    scores = (read_metrics(metrics_path).get("test") or {}) if metrics_path else (info.get("val") or {})
+    test = {k: v for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return _warm(
+        Served(
+            classifier=classifier,
+            name=str(info.get("name") or Path(model_dir).name),
+            family=str(info.get("family")),
+            threshold=float(info.get("threshold", 0.5)),
+            source=str(Path(model_dir).resolve()),
+            metrics=test,
+            data={k: str(v) for k, v in (info.get("data") or {}).items()},
+        )
+    )
+
+
+def _tag_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def load_version(client: Any, registered_model: str, version: str) -> Served:
+    """Registered version -> Served, loaded through its pyfunc (the logged model folder inside)."""
+    import mlflow
+
+    mv = client.get_model_version(registered_model, version)
+    tags = dict(mv.tags)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version}")
+    classifier = pyfunc.unwrap_python_model().model
+    metrics = {
+        k.removeprefix("test_"): _tag_value(v)
+        for k, v in sorted(tags.items())
+        if k.startswith("test_") and ":" not in k and k != "test_split_hash"
+    }
+    return _warm(
+        Served(
+            classifier=classifier,
+            name=tags.get("model_name", "?"),
+            family=getattr(classifier, "family", tags.get("model_family", "?")),
+            threshold=float(_tag_value(tags.get("threshold", "0.5"))),
+            version=str(version),
+            registered_model=registered_model,
+            source=f"models:/{registered_model}/{version}",
+            metrics=metrics,
+            data={k.removeprefix("data."): v for k, v in sorted(tags.items()) if k.startswith("data.")},
+        )
+    )
+
+
+class ModelHolder:
+    """Holds the served model; optionally follows the registry's ``champion`` alias in a thread."""
+
+    def __init__(self, served: Served, follow: Callable[[], Served | None] | None = None) -> None:
+        self._current = served
+        self._follow = follow
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        self.last_check: float | None = None
+        self.swaps = 0
+
+    @property
+    def current(self) -> Served:
+        return self._current  # one attribute read: atomic, so a request sees the old or the new model
+
+    def check_now(self) -> bool:
+        """Look once for a new champion; swap when one loaded. True when the model changed."""
+        if self._follow is None:
+            return False
+        try:
+            new = self._follow()
+            self.last_error = None
+        except Exception as exc:  # keep serving the old model; tell /health why
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("serve: could not load the new champion: %s", self.last_error)
+            new = None
+        self.last_check = time.time()
+        if new is None:
+            return False
+        old, self._current = self._current, new
+        self.swaps += 1
+        log.info("serve: now serving %s (was %s)", new.source, old.source)
+        return True
+
+    def start(self, interval_s: float) -> None:
+        """Poll every ``interval_s`` seconds in a daemon thread (no-op for a model folder)."""
+        if self._follow is None or self._thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                self.check_now()
+
+        self._thread = threading.Thread(target=loop, name="champion-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def registry_holder(tracking_uri: str, registered_model: str, alias: str = CHAMPION) -> ModelHolder:
+    """Load the version ``alias`` points at; the holder follows the alias when started."""
+    from melanoma.registry.store import connect
+
+    client = connect(tracking_uri)
+
+    def alias_version() -> str:
+        return str(client.get_model_version_by_alias(registered_model, alias).version)
+
+    first = load_version(client, registered_model, alias_version())
+    holder: ModelHolder
+
+    def follow() -> Served | None:
+        version = alias_version()
+        if version == holder.current.version:
+            return None
+        log.info("serve: %s@%s moved to version %s; loading it", registered_model, alias, version)
+        return load_version(client, registered_model, version)
+
+    holder = ModelHolder(first, follow)
+    return holder
