@@ -130,7 +130,7 @@ def grad_cam_explainer(model: Any) -> Explainer:
             "layer": layer_name,
             "grid": list(heat.shape),
             "image_png_b64": png_b64(overlay(image, heat)),
-            "note": "red: regions that raised P(melanoma) most (Grad-CAM on the last convolutional map)",
+            "note": "the image as the model sees it; red: regions that raised P(melanoma) most (Grad-CAM)",
         }
 
     return explain
