@@ -64,3 +64,17 @@ def make_raw(raw: Path, n: int = 40, seed: int = 0, pos_every: int = 4) -> list[
         records.append(rec)
     write_raw_metadata(raw, records, LICENSES, {"source": "test"})
     return records
+
+
+def prepared_and_split(root: Path, params, n: int, pos_every: int) -> tuple[Path, Path]:  # noqa: ANN001
+    """raw -> prepare -> split under ``root`` with ``params`` (a melanoma.config.Params); returns the two folders."""
+    from melanoma.contracts import load_prepared, write_splits
+    from melanoma.prepare import prepare
+    from melanoma.split import split_frame, split_report
+
+    make_raw(root / "raw", n=n, pos_every=pos_every)
+    prepare(root / "raw", root / "prepared", params.prepare)
+    _, index = load_prepared(root / "prepared")
+    frames = split_frame(index, params.split, params.base.seed)
+    write_splits(root / "splits", frames, split_report(frames))
+    return root / "prepared", root / "splits"

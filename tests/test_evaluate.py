@@ -10,12 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_raw
+from helpers import prepared_and_split
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
-from melanoma.contracts import load_prepared, write_splits
 from melanoma.evaluate import age_band, evaluate_model, plot_data, score_metrics, subgroup_metrics
-from melanoma.prepare import prepare
-from melanoma.split import split_frame, split_report
 from melanoma.tracking import Tracking
 from melanoma.train import train_model
 
@@ -30,11 +27,7 @@ PARAMS = Params(
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Tracking]:
     root = tmp_path_factory.mktemp("evaluate")
-    make_raw(root / "raw", n=60, pos_every=3)
-    prepare(root / "raw", root / "prepared", PARAMS.prepare)
-    _, index = load_prepared(root / "prepared")
-    frames = split_frame(index, PARAMS.split, PARAMS.base.seed)
-    write_splits(root / "splits", frames, split_report(frames))
+    prepared_and_split(root, PARAMS, n=60, pos_every=3)
     tracking = Tracking(
         uri=f"sqlite:///{root / 'mlflow.db'}", experiment="unit-eval", artifact_location=(root / "a").as_uri()
     )

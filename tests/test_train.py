@@ -9,18 +9,14 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers import make_raw
+from helpers import prepared_and_split
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
 from melanoma.contracts import (
     MODEL_JSON,
     data_hashes,
-    load_prepared,
     model_fingerprint,
-    write_splits,
 )
 from melanoma.errors import DataError
-from melanoma.prepare import prepare
-from melanoma.split import split_frame, split_report
 from melanoma.tracking import FINGERPRINT_TAG, Tracking, find_model_run
 from melanoma.train import logged_params, train_model
 
@@ -34,13 +30,7 @@ PARAMS = Params(
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("train")
-    make_raw(root / "raw", n=48, pos_every=3)
-    prepare(root / "raw", root / "prepared", PARAMS.prepare)
-    _, index = load_prepared(root / "prepared")
-    frames = split_frame(index, PARAMS.split, PARAMS.base.seed)
-    write_splits(root / "splits", frames, split_report(frames))
-    return root / "prepared", root / "splits"
+    return prepared_and_split(tmp_path_factory.mktemp("train"), PARAMS, n=48, pos_every=3)
 
 
 def local_tracking(root: Path) -> Tracking:
