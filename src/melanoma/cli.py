@@ -263,6 +263,12 @@ def cmd_stack(params: Params | None, args: argparse.Namespace) -> None:
             raise MelanomaError(f"the stack in {cfg.root} is not fully up")
 
 
+def cmd_remote(params: Params | None, args: argparse.Namespace) -> None:
+    from melanoma import stack
+
+    print(stack.check_remote(Path.cwd(), args.remote))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melanoma", description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="parameters file")
@@ -339,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model-dir: its metrics JSON (default reports/metrics/<folder name>.json)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("remote", help="check that the DVC remote is reachable with these credentials")
+    p.add_argument("action", choices=("check",))
+    p.add_argument("--remote", default=None, help="remote name (default: core.remote)")
+    p.set_defaults(func=cmd_remote)
+
     p = sub.add_parser("check", help="validate params.yaml and exit")
     p.set_defaults(func=cmd_check)
     return parser
@@ -354,8 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _quiet_third_parties()
     try:
-        # the stack needs no params.yaml (it runs from any folder)
-        params = None if args.func is cmd_stack else load_params(args.params)  # validated before any work
+        # the stack and the remote check need no params.yaml
+        params = (
+            None if args.func in (cmd_stack, cmd_remote) else load_params(args.params)
+        )  # validated before any work
         args.func(params, args)
     except MelanomaError as exc:
         log.error("%s", exc)

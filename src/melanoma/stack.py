@@ -157,6 +157,8 @@ def _reap(pid: int) -> None:
 def port_free(port: int) -> bool:
     """True when nothing listens on ``127.0.0.1:port`` (we could bind it ourselves)."""
     with socket.socket() as s:
+        # as the servers do: connections of a stopped server left in TIME_WAIT do not hold the port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -393,3 +395,30 @@ def status(cfg: StackConfig) -> dict[str, dict[str, object]]:
             "ports": rec.ports if rec else {},
         }
     return out
+
+
+def check_remote(repo: Path, name: str | None = None) -> str:
+    """List the DVC remote ``name`` (default: ``core.remote``) of ``repo``; raise naming it when it fails.
+
+    ``dvc push`` with wrong keys says only "unexpected error - Forbidden (403)"; this says which remote,
+    where, and which settings to fix.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        remote = dvc_repo.cloud.get_remote(name)
+        conf = dvc_repo.config["remote"][remote.name]
+        where = f"DVC remote '{remote.name}' ({conf.get('url')} at {conf.get('endpointurl', 'AWS')})"
+        try:
+            remote.fs.ls(remote.path, detail=False)
+        except FileNotFoundError:
+            pass  # an empty remote: nothing pushed yet, but reachable
+        except PermissionError as exc:
+            raise StackError(
+                f"{where}: access denied ({exc}); check its credentials: `dvc remote modify --local "
+                f"{remote.name} access_key_id/secret_access_key`, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "or the AWS profile"
+            ) from exc
+        except OSError as exc:
+            raise StackError(f"{where}: unreachable ({exc})") from exc
+    return f"{where}: reachable"
