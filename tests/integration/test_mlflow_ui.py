@@ -56,28 +56,29 @@ def register_champion(uri: str) -> str:
     return mv.version
 
 
-def test_models_page_shows_the_registered_model_with_its_champion_alias(
-    mlflow_server: str, browser: LoopbackBrowser, tmp_path: Path
-) -> None:
-    version = register_champion(mlflow_server)
+def check_models_page(
+    browser: LoopbackBrowser, server: str, name: str, version: int | str, folder: Path
+) -> Path:
+    """Open the registered model's page in Chromium; assert it shows ``name`` with ``@ champion`` on
+    ``version`` and that nothing left 127.0.0.1. Returns the screenshot."""
     t0 = time.monotonic()
     # MLflow 3 UI routes are hash routes: #/models lists registered models, #/models/<name> is one model.
-    url = f"{mlflow_server}/#/models/{quote(MODEL_NAME)}"
+    url = f"{server}/#/models/{quote(name)}"
     with browser.open(url, timeout_s=UI_TIMEOUT_MS / 1000) as view:
         page = view.page
         try:
             # The model page's title, then its versions table: version N's row carries the alias tag,
             # rendered as "@ champion" (a status element titled with the alias name).
-            page.get_by_role("heading", name=re.compile(re.escape(MODEL_NAME))).first.wait_for()
+            page.get_by_role("heading", name=re.compile(re.escape(name))).first.wait_for()
             row = page.get_by_role("row").filter(
                 has=page.get_by_role("link", name=f"Version {version}", exact=True)
             )
             alias = row.get_by_text(re.compile(r"^@\s*champion$"))
             alias.wait_for()
         finally:
-            shot = view.screenshot(tmp_path, "mlflow-ui-model-page")
+            shot = view.screenshot(folder, f"mlflow-ui-{name}")
         text = view.text()
-        assert MODEL_NAME in text, f"model name not shown; page text:\n{text[:2000]}"
+        assert name in text, f"model name not shown; page text:\n{text[:2000]}"
         assert re.search(r"@\s*champion", text), f"champion alias not shown; page text:\n{text[:2000]}"
         assert alias.is_visible() and row.get_by_title("champion", exact=True).is_visible()
         requests, blocked = list(view.requests), list(view.blocked)
@@ -94,6 +95,14 @@ def test_models_page_shows_the_registered_model_with_its_champion_alias(
     # ... and the UI did not even try (a new MLflow that phones home should be noticed, not hidden).
     assert not blocked, f"the MLflow UI tried to reach the internet (blocked): {blocked}"
     assert not failed, f"loopback requests failed: {failed}"
+    return shot
+
+
+def test_models_page_shows_the_registered_model_with_its_champion_alias(
+    mlflow_server: str, browser: LoopbackBrowser, tmp_path: Path
+) -> None:
+    version = register_champion(mlflow_server)
+    check_models_page(browser, mlflow_server, MODEL_NAME, version, tmp_path)
 
 
 def test_the_browser_guard_aborts_every_request_that_would_leave_loopback(

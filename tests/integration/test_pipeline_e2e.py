@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -17,6 +18,10 @@ import pytest
 import yaml
 
 from integration.stage_deps import lock_deps, missing_deps, read_traces
+from integration.test_mlflow_ui import check_models_page
+
+if TYPE_CHECKING:
+    from integration.conftest import LoopbackBrowser
 from melanoma.contracts import model_fingerprint
 
 pytestmark = pytest.mark.integration
@@ -41,6 +46,8 @@ TINY = {
     "split": {"test_fraction": 0.25, "val_fraction": 0.25},
     "baseline": {"candidates": ["logistic_regression", "gradient_boosting"], "n_estimators": 20},
     "evaluate": {"bootstrap": 50},
+    # its own registered model: the session's MLflow server is shared with the registry tests
+    "mlflow": {"registered_model": "e2e-melanoma"},
 }
 
 
@@ -155,7 +162,7 @@ def test_experiments_land_in_the_repository_store(tmp_path: Path) -> None:
     assert_experiment_runs(repo, {"tmpexp": 11, "queued1": 12, "queued2": 13})
 
 
-def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
+def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str, browser: LoopbackBrowser) -> None:
     repo, env = tiny_repo(tmp_path, mlflow_server)
 
     # Every stage's process records the project modules it loads (trace/sitecustomize.py).
@@ -220,6 +227,38 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str) -> None:
     assert relock["stages"]["ingest"]["outs"] == lock["stages"]["ingest"]["outs"]
     third = run([str(BIN / "dvc"), "repro"], repo, env)
     assert "Data and pipelines are up to date" in third.stdout + third.stderr, third.stdout[-3000:]
+
+    # register: the model chosen on validation is the champion; the report says so.
+    decision = json.loads((repo / "reports/registry.json").read_text())
+    best = max(
+        ("baseline", "cnn", "transfer"),
+        key=lambda m: json.loads((repo / f"models/{m}/model.json").read_text())["val"]["val_roc_auc"],
+    )
+    assert decision["candidate"]["name"] == best and decision["champion_after"] == 1
+    champion = mlflow.MlflowClient(mlflow_server).get_model_version_by_alias("e2e-melanoma", "champion")
+    assert champion.version == "1" and champion.tags["model_name"] == best
+    report = (repo / "reports/README.md").read_text()
+    assert best in report and "champion" in report
+    assert (repo / "reports/model_card.md").is_file() and (repo / "reports/figures/roc.png").is_file()
+    # The registry by hand, through the CLI.
+    listed = run([str(BIN / "melanoma"), "registry", "list"], repo, env).stdout
+    assert '"champion"' in listed and '"version": 1' in listed
+    same = run([str(BIN / "melanoma"), "registry", "promote", "1", "--reason", "e2e check"], repo, env)
+    assert json.loads(same.stdout)["changed"] is False  # already the champion: nothing to do
+    missing = subprocess.run(
+        [str(BIN / "melanoma"), "registry", "promote", "9", "--reason", "x"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "no version 9" in missing.stderr
+    no_previous = subprocess.run(
+        [str(BIN / "melanoma"), "registry", "rollback"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert no_previous.returncode == 2 and "previous" in no_previous.stderr
+    # The MLflow UI as a user sees it: the pipeline's registered model with its champion alias.
+    check_models_page(browser, mlflow_server, "e2e-melanoma", 1, tmp_path)
 
 
 def test_bad_params_stop_the_pipeline_before_any_work(tmp_path: Path) -> None:
