@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -258,9 +259,17 @@ def _log_to_mlflow(tracking: Tracking, fingerprint: str, metrics: dict[str, Any]
             fingerprint[:12],
         )
         return
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items() if _finite(v)})
-        mlflow.log_artifacts(str(plots_dir), artifact_path="evaluation")
+    # The client API, not the fluent start_run: it ignores any active experiment or run that the
+    # calling process (a notebook, a test session) has set globally.
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient(tracking.uri)
+    stamp = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"test_{k}", float(v), stamp, 0) for k, v in metrics.items() if _finite(v)],
+    )
+    client.log_artifacts(run_id, str(plots_dir), artifact_path="evaluation")
 
 
 def _finite(v: Any) -> bool:

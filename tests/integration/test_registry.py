@@ -103,8 +103,11 @@ class Toys:
         fp = model_fingerprint(model_dir)
         if fp not in self.logged:
             mlflow.set_tracking_uri(self.uri)
-            mlflow.set_experiment(EXPERIMENT)
-            with mlflow.start_run(tags={FINGERPRINT_TAG: fp}):
+            # An explicit experiment id, not mlflow.set_experiment: no global state leaks to later tests.
+            client = mlflow.MlflowClient(self.uri)
+            exp = client.get_experiment_by_name(EXPERIMENT)
+            exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+            with mlflow.start_run(experiment_id=exp_id, tags={FINGERPRINT_TAG: fp}):
                 mlflow.pyfunc.log_model(
                     name="model",
                     python_model=ToyModel(),
