@@ -42,9 +42,17 @@ def _evaluate(trained, out: Path, tracking: Tracking | None) -> dict:
     )
 
 
-def test_rerun_gives_byte_identical_outputs_and_logs_to_the_training_run(trained, tmp_path: Path) -> None:
+def test_rerun_gives_byte_identical_outputs_and_logs_to_the_training_run(
+    trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
+    import mlflow.tracking.fluent
 
+    # A caller that set another experiment globally (a notebook, an earlier test) must not matter.
+    client = mlflow.MlflowClient(trained[3].uri)
+    other = client.create_experiment("someone-else")
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", other)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", other)
     first = _evaluate(trained, tmp_path / "a", trained[3])
     _evaluate(trained, tmp_path / "b", None)
     names = sorted(p.name for p in (tmp_path / "a" / "plots").iterdir())
