@@ -158,6 +158,7 @@ def test_first_candidate_chosen_on_validation_becomes_champion_and_a_rerun_write
     mv = mlflow.MlflowClient(toys.uri).get_model_version("m-first", "1")
     assert mv.tags[FINGERPRINT_TAG] == model_fingerprint(chosen.model_dir)
     assert mv.tags["git_commit"] == toys.tracking.git_commit and mv.tags["dvc_exp_name"] == "exp-1"
+    assert "git_commit" not in rec["candidate"]  # tracked file: byte-identical across commits
     assert mv.tags["data.test_csv_sha256"] == toys.splits["A"][2]["test_csv_sha256"]
     assert float(mv.tags["test_roc_auc"]) == toys.auc(0.6) and float(mv.tags["val_roc_auc"]) == 0.9
     assert float(mv.tags["threshold"]) == 0.5 and mv.tags["weights"]

@@ -310,7 +310,9 @@ def register(
         client.set_model_version_tag(registered_model, str(version), "promotion_reason", reason)
     after = store.get_aliases(client, registered_model).get(CHAMPION)
     mv = client.get_model_version(registered_model, str(version))
-    lineage = {k: mv.tags.get(k) for k in ("git_commit", "dvc_exp_name")}  # as first registered
+    # The git commit stays on the version's tags only: in this tracked file it would change with
+    # every commit, although the same code, params and data gave the same decision.
+    lineage = {"dvc_exp_name": mv.tags.get("dvc_exp_name")}  # as first registered
     record = {
         "registered_model": registered_model,
         "action": action,
