@@ -235,7 +235,9 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str, browser: Loopb
         key=lambda m: json.loads((repo / f"models/{m}/model.json").read_text())["val"]["val_roc_auc"],
     )
     assert decision["candidate"]["name"] == best and decision["champion_after"] == 1
-    champion = mlflow.MlflowClient(mlflow_server).get_model_version_by_alias("e2e-melanoma", "champion")
+    # registry_uri too: an earlier test in this process may have set a global registry URI
+    server = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    champion = server.get_model_version_by_alias("e2e-melanoma", "champion")
     assert champion.version == "1" and champion.tags["model_name"] == best
     report = (repo / "reports/README.md").read_text()
     assert best in report and "champion" in report

@@ -136,11 +136,13 @@ def toys(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Toys:
 
 
 def aliases(uri: str, name: str) -> dict[str, str]:
-    return dict(mlflow.MlflowClient(uri).get_registered_model(name).aliases)
+    return dict(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model(name).aliases)
 
 
 def n_versions(uri: str, name: str) -> int:
-    return len(mlflow.MlflowClient(uri).search_model_versions(f"name='{name}'"))
+    return len(
+        mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name='{name}'")
+    )
 
 
 def test_first_candidate_chosen_on_validation_becomes_champion_and_a_rerun_writes_nothing(toys: Toys) -> None:
@@ -155,7 +157,7 @@ def test_first_candidate_chosen_on_validation_becomes_champion_and_a_rerun_write
     assert rec["action"] == "promote" and rec["champion_before"] is None and rec["champion_after"] == 1
     assert aliases(toys.uri, "m-first") == {"champion": "1", "challenger": "1"}
 
-    mv = mlflow.MlflowClient(toys.uri).get_model_version("m-first", "1")
+    mv = mlflow.MlflowClient(tracking_uri=toys.uri, registry_uri=toys.uri).get_model_version("m-first", "1")
     assert mv.tags[FINGERPRINT_TAG] == model_fingerprint(chosen.model_dir)
     assert mv.tags["git_commit"] == toys.tracking.git_commit and mv.tags["dvc_exp_name"] == "exp-1"
     assert "git_commit" not in rec["candidate"]  # tracked file: byte-identical across commits
@@ -222,7 +224,7 @@ def test_changed_split_rescores_the_champion_on_todays_split(toys: Toys) -> None
     assert before["score"] == "rescored" and before["test_roc_auc"] == toys.auc(0.4, "B")
     assert before["test_split_hash"] == toys.split_id("A") != d.record["test_split_hash"]
     assert d.promoted and aliases(toys.uri, name)["champion"] == "2"
-    tags = mlflow.MlflowClient(toys.uri).get_model_version(name, "1").tags
+    tags = mlflow.MlflowClient(tracking_uri=toys.uri, registry_uri=toys.uri).get_model_version(name, "1").tags
     assert float(tags[registry.TAG_SCORE + toys.split_id("B")]) == toys.auc(0.4, "B")
 
     # A candidate evaluated on another split than today's is refused.
@@ -233,7 +235,7 @@ def test_changed_split_rescores_the_champion_on_todays_split(toys: Toys) -> None
 def test_champion_with_missing_artifacts_blocks_promotion_unless_allowed(toys: Toys) -> None:
     name = "m-gone"
     assert toys.register(name, [toys.candidate("lost", 0.45, 0.8, split="A")]).promoted
-    client = mlflow.MlflowClient(toys.uri)
+    client = mlflow.MlflowClient(tracking_uri=toys.uri, registry_uri=toys.uri)
     get_artifact_repository(client.get_model_version_download_uri(name, "1")).delete_artifacts()
     cand = toys.candidate("fresh", 0.85, 0.8, split="B")
 
@@ -275,7 +277,10 @@ def test_manual_promote_needs_a_reason_and_rollback_sticks(toys: Toys) -> None:
         rows[2]["promotion_reason"] == "recalibrated; reviewed by the lead" and rows[2]["rolled_back"] is None
     )
     assert rows[2]["tags"]["previous_champion"] == "1" and rows[1]["test_roc_auc"] == toys.auc(0.5)
-    assert "by hand" in mlflow.MlflowClient(uri).get_model_version(name, "2").description
+    assert (
+        "by hand"
+        in mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, "2").description
+    )
 
     assert registry.rollback(name, uri)["champion"] == 1
     with pytest.raises(RegistryError, match="no previous champion"):

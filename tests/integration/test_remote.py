@@ -114,9 +114,13 @@ def test_a_fresh_clone_pulls_every_output_byte_identical(pushed, tmp_path: Path)
 def test_the_champion_lives_in_the_bucket_and_loads_through_the_server(pushed, tmp_path: Path) -> None:
     _, _, info = pushed
     name = TINY["mlflow"]["registered_model"]
-    version = mlflow.MlflowClient(info.tracking_uri).get_model_version_by_alias(name, "champion")
+    version = mlflow.MlflowClient(
+        tracking_uri=info.tracking_uri, registry_uri=info.tracking_uri
+    ).get_model_version_by_alias(name, "champion")
     # proxied artifacts: the server maps mlflow-artifacts:/<path> to s3://<mlflow bucket>/<path>
-    uri = mlflow.MlflowClient(info.tracking_uri).get_model_version_download_uri(name, version.version)
+    uri = mlflow.MlflowClient(
+        tracking_uri=info.tracking_uri, registry_uri=info.tracking_uri
+    ).get_model_version_download_uri(name, version.version)
     assert uri.startswith("mlflow-artifacts:"), uri
     key = uri.split(":", 1)[1].lstrip("/").rstrip("/") + "/MLmodel"
     keys = bucket_keys(info, info.mlflow_bucket)
