@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install run test lint format bench clean stack-up stack-down stack-status
+.PHONY: install chromium run test lint format bench clean stack-up stack-down stack-status
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
@@ -30,7 +30,14 @@ run: $(STAMP)
 	@echo "Models:   models/<model>/model.json"
 	@echo "MLflow:   $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000"
 
-test: $(STAMP)
+# The UI tests drive Debian's chromium (never a downloaded browser): install it when missing.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the UI tests need Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: $(STAMP) chromium
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
