@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_resize.py
 	$(BIN)/python benchmarks/bench_download.py
 	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_remote.py
 
 # The local S3 (SeaweedFS) + MLflow server on 127.0.0.1 (README "Local stack"); `make run` never needs it.
 STACK_DIR ?= .stack
