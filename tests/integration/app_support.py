@@ -21,8 +21,8 @@ import requests
 import yaml
 from PIL import Image
 
-from helpers import jpeg_bytes, lesion_image, make_raw
-from integration.conftest import free_port, wait_http
+from helpers import jpeg_bytes, lesion_image, prepared_and_split
+from integration.conftest import free_port, stop_process, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "melanoma-app-test"
@@ -62,18 +62,11 @@ def build_registry(root: Path) -> Registry:
     import mlflow
     from mlflow import MlflowClient
 
-    from melanoma.contracts import load_prepared, write_splits
-    from melanoma.prepare import prepare
-    from melanoma.split import split_frame, split_report
     from melanoma.tracking import Tracking
     from melanoma.train import train_model
 
     params = tiny_params()
-    make_raw(root / "raw", n=48, pos_every=3)
-    prepare(root / "raw", root / "prepared", params.prepare)
-    _, index = load_prepared(root / "prepared")
-    frames = split_frame(index, params.split, params.base.seed)
-    write_splits(root / "splits", frames, split_report(frames))
+    prepared_and_split(root, params, n=48, pos_every=3)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     tracking = Tracking(uri=uri, experiment="app-test", artifact_location=(root / "mlartifacts").as_uri())
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -152,11 +145,7 @@ def serve(root: Path, registry: Registry, serve_params: dict, timeout: float = 2
         wait_http(f"{url}/health", proc, timeout, log)
         yield Server(url, proc, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
 
 
 def sample_jpeg(seed: int = 0, melanoma: bool = True, w: int = 160, h: int = 120) -> bytes:

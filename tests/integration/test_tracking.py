@@ -9,13 +9,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from helpers import make_raw
+from helpers import prepared_and_split
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
-from melanoma.contracts import load_prepared, write_splits
+from melanoma.contracts import load_prepared
 from melanoma.evaluate import evaluate_model
 from melanoma.models import load_model
-from melanoma.prepare import prepare
-from melanoma.split import split_frame, split_report
 from melanoma.tracking import Tracking, default_tracking_uri
 from melanoma.train import train_model
 
@@ -24,19 +22,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Params]:
-    root = tmp_path_factory.mktemp("data")
-    make_raw(root / "raw", n=90, pos_every=3)
     params = Params(
         prepare=PrepareParams(image_size=32, workers=2),
         split=SplitParams(test_fraction=0.25, val_fraction=0.25),
         baseline=BaselineParams(candidates=("logistic_regression", "random_forest"), n_estimators=20),
         evaluate=EvaluateParams(bootstrap=50),
     )
-    prepare(root / "raw", root / "prepared", params.prepare)
-    _, index = load_prepared(root / "prepared")
-    frames = split_frame(index, params.split, params.base.seed)
-    write_splits(root / "splits", frames, split_report(frames))
-    return root / "prepared", root / "splits", params
+    prepared_dir, splits_dir = prepared_and_split(tmp_path_factory.mktemp("data"), params, n=90, pos_every=3)
+    return prepared_dir, splits_dir, params
 
 
 def test_train_and_evaluate_log_one_run_with_a_loadable_model(
@@ -135,7 +128,7 @@ def test_mlflow_models_serve_scores_raw_images(prepared, mlflow_server: str, tmp
 
     import requests
 
-    from integration.conftest import free_port, wait_http
+    from integration.conftest import free_port, stop_process, wait_http
 
     prep, splits, params = prepared
     info = train_model(
@@ -174,8 +167,4 @@ def test_mlflow_models_serve_scores_raw_images(prepared, mlflow_server: str, tmp
         local = mlflow.pyfunc.load_model(info["mlflow"]["model_uri"]).predict(image)
         assert served.shape == (2,) and np.allclose(served, local, atol=1e-6)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
