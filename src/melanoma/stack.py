@@ -299,12 +299,17 @@ def _find(name: str, bin_dir: Path | None) -> str:
     return found
 
 
+def _refuse_if_running(cfg: StackConfig, name: str, what: str) -> None:
+    """A clear error when this stack folder's ``name`` process (one we started) is still alive."""
+    rec = _read_record(cfg, name)
+    if rec and _is_ours(rec):
+        raise StackError(f"the {what} of {cfg.root} already runs (pid {rec.pid}); `stack down` first")
+
+
 def start_s3(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = None) -> StackInfo:
     """Start SeaweedFS alone (S3 on ``cfg.s3_port``, internal ports picked free) and wait for its buckets."""
     stack = info(cfg)
-    rec = _read_record(cfg, "s3")
-    if rec and _is_ours(rec):
-        raise StackError(f"the S3 server of {cfg.root} already runs (pid {rec.pid}); `stack down` first")
+    _refuse_if_running(cfg, "s3", "S3 server")
     _check_ports({"S3": cfg.s3_port})
     internal = ("s3_grpc", "iceberg", "lance", "master", "master_grpc", "volume", "volume_grpc")
     ports = {"s3": cfg.s3_port} | {k: free_port() for k in internal}
@@ -318,9 +323,7 @@ def start_s3(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = No
 def start_mlflow(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = None) -> StackInfo:
     """Start ``mlflow server`` (sqlite backend, artifacts proxied to the S3 bucket) and wait for /health."""
     stack = info(cfg)
-    rec = _read_record(cfg, "mlflow")
-    if rec and _is_ours(rec):
-        raise StackError(f"the MLflow server of {cfg.root} already runs (pid {rec.pid}); `stack down` first")
+    _refuse_if_running(cfg, "mlflow", "MLflow server")
     _check_ports({"MLflow": cfg.mlflow_port})
     argv = [
         _find("mlflow", bin_dir), "server",
