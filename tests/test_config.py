@@ -350,7 +350,7 @@ def test_flatten_gives_dotted_scalar_keys() -> None:
 def test_sections_stay_plain_frozen_dataclasses() -> None:
     """What stages, tests and benchmarks rely on: asdict, replace, kwargs and positional construction."""
     params = Params()
-    assert dataclasses.is_dataclass(params) and MODEL_NAMES == ("baseline", "cnn", "transfer")
+    assert dataclasses.is_dataclass(params) and MODEL_NAMES == ("baseline", "cnn", "transfer", "ensemble")
     data = dataclasses.asdict(params)
     assert data["split"]["group_by"] == ("patient_id", "lesion_id")
     assert params_from_dict(data) == params  # asdict round-trips (benchmarks rebuild params this way)

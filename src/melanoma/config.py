@@ -36,7 +36,9 @@ from pydantic_core import PydanticCustomError
 
 from melanoma.errors import ConfigError
 
-MODEL_NAMES = ("baseline", "cnn", "transfer")
+# The trained families (train@X) and the ensemble built from their saved models.
+FAMILY_NAMES = ("baseline", "cnn", "transfer")
+MODEL_NAMES = (*FAMILY_NAMES, "ensemble")
 
 # Strict scalars: YAML's "100" is not an int, 1.5 is not an int, true is not a number; an int is a
 # fine float (converted). Lists stay lax so that YAML lists become tuples.
@@ -223,12 +225,27 @@ class IngestParams:
 
 
 @_section
+class ExternalParams(IngestParams):
+    """An external labeled test set (never trained or tuned on), scored by evaluate beside the test split.
+
+    Any ingest source; ``none`` turns it off. Its images are prepared exactly as the training data.
+    """
+
+    source: Literal["none", "synthetic", "isic", "folder", "challenge"] = "none"  # type: ignore[assignment]
+    name: Str = ""  # shown in the report, e.g. "ISIC 2019 test"; empty = the source's name
+    seed: Int = Field(default=1, ge=0)  # the synthetic generator's seed (differs from base.seed: new images)
+
+
+@_section
 class PrepareParams:
     """Cleaning and resizing of the raw layout."""
 
     image_size: Int = Field(default=100, ge=8, le=1024)
     fit: Literal["crop", "squash", "pad"] = "crop"
     draft: Bool = True
+    # JPEG draft: decode at the smallest DCT scale (1/2, 1/4, 1/8) whose short side, after the centre
+    # crop, is still at least draft_margin x image_size (1.0 = just covers the target)
+    draft_margin: Float = Field(default=2.0, ge=1.0, le=8.0)
     workers: Int = Field(default=0, ge=0)  # 0 = all cores
     drop_duplicates: Bool = True
 
@@ -262,6 +279,10 @@ class AugmentParams:
     brightness: Float = Field(default=0.0, ge=0, le=1)  # colour jitter: off by default, see params.yaml
     contrast: Float = Field(default=0.0, ge=0, lt=1)
     saturation: Float = Field(default=0.0, ge=0, lt=1)
+    # batch mixing (alpha of the Beta(alpha, alpha) mixing weight; 0 = off). Both on: one of the two
+    # per batch, chosen at random. Labels are mixed too, so the loss sees soft targets.
+    mixup: Float = Field(default=0.0, ge=0, le=10)
+    cutmix: Float = Field(default=0.0, ge=0, le=10)
 
 
 @_section
@@ -286,13 +307,19 @@ class TrainParams:
 
 @_section
 class CnnParams:
-    """The compact CNN for 100x100 input."""
+    """The from-scratch CNN: plain VGG-style blocks or residual stages (widths and depth from here)."""
 
+    # plain: conv blocks + max-pooling; residual: pre-activation residual stages (BN, GAP head)
+    architecture: Literal["plain", "residual"] = "plain"
     filters: tuple[Annotated[Int, Field(ge=1)], ...] = Field(default=(16, 32, 64), min_length=1)
-    convs_per_block: Int = Field(default=2, ge=1)
+    convs_per_block: Int = Field(default=2, ge=1)  # plain: 3x3 convs per block
+    blocks_per_stage: Int = Field(
+        default=1, ge=1
+    )  # residual: residual blocks per stage (one per filters entry)
     dense: Int = Field(default=128, ge=1)
     dropout: Float = Field(default=0.3, ge=0, lt=1)
     weight_decay: Float = Field(default=1e-4, ge=0)
+    tta: Bool = False  # predict as the mean over the 8 flips/rotations (evaluate, registry, app)
 
 
 @_section
@@ -312,6 +339,7 @@ class TransferParams:
     fine_tune_layers: Int = Field(default=0, ge=0)
     fine_tune_epochs: Int = Field(default=5, ge=0)
     fine_tune_learning_rate: Float = Field(default=1e-5, gt=0)
+    tta: Bool = False  # predict as the mean over the 8 flips/rotations
 
     @field_validator("input_size")
     @classmethod
@@ -335,6 +363,44 @@ class BaselineParams:
     max_depth: Int = Field(default=3, ge=1)
     learning_rate: Float = Field(default=0.1, gt=0)
     class_weight: Literal["balanced", "none"] = "balanced"
+    tta: Bool = False  # predict as the mean over the 8 flips/rotations
+    # patient metadata used beside the image features when the prepared index has the column
+    # (missing values allowed); the model still predicts from images alone
+    metadata: tuple[Literal["age_approx", "sex", "site"], ...] = ()
+
+    @field_validator("metadata")
+    @classmethod
+    def _no_repeated_columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a column")
+        return value
+
+
+@_section
+class CalibrationParams:
+    """Probability calibration of every model, fitted on the validation split after training."""
+
+    # temperature: one scale on the logit; platt: scale + shift; isotonic: monotone step map; none
+    method: Literal["none", "temperature", "platt", "isotonic"] = "temperature"
+
+
+@_section
+class EnsembleParams:
+    """The ensemble candidate: the trained models' probabilities combined on validation."""
+
+    members: tuple[Literal["baseline", "cnn", "transfer"], ...] = Field(
+        default=("baseline", "cnn", "transfer"), min_length=2
+    )
+    # stack: logistic regression on the members' logits, fitted on validation; rank_mean: mean of each
+    # member's rank among its validation probabilities (nothing fitted but the reference ranks)
+    method: Literal["stack", "rank_mean"] = "stack"
+
+    @field_validator("members")
+    @classmethod
+    def _distinct_members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a model")
+        return value
 
 
 @_section
@@ -385,6 +451,9 @@ class Params:
     baseline: BaselineParams = field(default_factory=BaselineParams)
     cnn: CnnParams = field(default_factory=CnnParams)
     transfer: TransferParams = field(default_factory=TransferParams)
+    calibration: CalibrationParams = field(default_factory=CalibrationParams)
+    ensemble: EnsembleParams = field(default_factory=EnsembleParams)
+    external: ExternalParams = field(default_factory=ExternalParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
@@ -398,12 +467,16 @@ _ADAPTER = TypeAdapter(Params)
 
 
 def _sections(cls: type, prefix: str = "") -> dict[type, str]:
-    """Each section class -> its dotted place in Params (``IsicParams`` -> ``ingest.isic``)."""
+    """Each section class -> its dotted place in Params (``IsicParams`` -> ``ingest.isic``).
+
+    A class used twice (the ingest sources, reused by ``external``) keeps its first place: ingest.
+    """
     out = {cls: prefix}
     for name, info in cls.__pydantic_fields__.items():  # the annotations as pydantic resolved them
         tp = info.annotation
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            out.update(_sections(tp, f"{prefix}{name}."))
+            for section, place in _sections(tp, f"{prefix}{name}.").items():
+                out.setdefault(section, place)
     return out
 
 
@@ -502,7 +575,9 @@ def _suggest(section: type, prefix: str, name: str) -> str:
     elsewhere = [
         p + f.name for cls, p in _SECTIONS.items() for f in dataclasses.fields(cls) if cls is not section
     ]
-    leaves = {k.rsplit(".", 1)[-1]: k for k in elsewhere}
+    leaves: dict[str, str] = {}
+    for key in elsewhere:  # the first place of a leaf name wins (base.seed before external.seed)
+        leaves.setdefault(key.rsplit(".", 1)[-1], key)
     close = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.8)
     return f" (did you mean '{leaves[close[0]]}'?)" if close else ""
 
