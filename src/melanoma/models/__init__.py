@@ -1,5 +1,9 @@
 """Model families behind one interface: ``predict_proba(uint8 images (N, S, S, 3)) -> P(melanoma)``.
 
+``metadata`` (optional): a frame of patient metadata, one row per image (columns ``age_approx``,
+``sex``, ``site``; missing columns or values allowed). Models that use none ignore it, and every model
+predicts from images alone when it is None.
+
 A trained model lives in a folder: the family's own file(s) plus ``model.json`` (threshold,
 input size, data hashes, ...). ``load_model`` reads any family's folder back.
 """
@@ -10,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import pandas as pd
 
 from melanoma.contracts import MODEL_JSON, read_model_json
 from melanoma.errors import DataError
@@ -21,8 +26,8 @@ class ImageClassifier(Protocol):
     image_size: int
     fit: str
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, image_size, image_size, 3) -> float (N,) P(melanoma)."""
+    def predict_proba(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
+        """uint8 (N, image_size, image_size, 3) (+ optional metadata rows) -> float (N,) P(melanoma)."""
         ...
 
     def save(self, out_dir: Path) -> None:

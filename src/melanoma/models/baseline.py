@@ -12,6 +12,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pandas as pd
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import AdaBoostClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -66,7 +67,7 @@ class BaselineModel:
     candidate: str = ""
     family: str = field(default="baseline", init=False)
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
         """uint8 (N, S, S, 3) -> P(melanoma)."""
         if len(images) == 0:
             return np.zeros(0, dtype=np.float32)

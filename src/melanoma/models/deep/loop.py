@@ -34,6 +34,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from melanoma import atomic
@@ -130,7 +131,7 @@ class KerasClassifier:
     fit: str = "crop"
     family: str = field(default="keras", init=False)
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    def predict_proba(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float32 (N,)."""
         if len(images) == 0:
             return np.zeros(0, dtype=np.float32)
