@@ -11,7 +11,7 @@ input size, data hashes, ...). ``load_model`` reads any family's folder back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -35,9 +35,29 @@ class ImageClassifier(Protocol):
         ...
 
 
-def load_model(model_dir: Path) -> ImageClassifier:
-    """Load a trained model folder of any family."""
+def load_model(model_dir: Path, calibrated: bool = True) -> ImageClassifier:
+    """Load a trained model folder of any family, as it predicts after training.
+
+    ``"tta": true`` in model.json wraps the family's model in ``TTAClassifier`` (the mean over the 8
+    flips/rotations); a ``"calibration"`` entry then wraps that in ``CalibratedClassifier`` (its
+    ``.inner`` still gives the raw probabilities). ``calibrated=False`` skips the calibrator.
+    """
     info = read_model_json(model_dir)
+    model = _load_family(Path(model_dir), info)
+    if info.get("tta"):
+        from melanoma.models.tta import TTAClassifier
+
+        model = TTAClassifier(model)
+    if calibrated and info.get("calibration") is not None:
+        from melanoma.models.calibration import CalibratedClassifier, Calibrator
+
+        where = f"{Path(model_dir) / MODEL_JSON}: calibration"
+        model = CalibratedClassifier(model, Calibrator.from_dict(info["calibration"], where))
+    return model
+
+
+def _load_family(model_dir: Path, info: dict[str, Any]) -> ImageClassifier:
+    """The family's own model, as saved by train (no TTA, no calibration)."""
     family = info.get("family")
     if family == "baseline":
         from melanoma.models.baseline import BaselineModel
