@@ -74,29 +74,69 @@ def fit_resize(img: Image.Image, size: int, fit: Fit = "crop") -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def open_oriented(source: bytes | Path, size: int | None = None, draft: bool = True) -> Image.Image:
+def draft_scale(width: int, height: int, size: int, fit: Fit = "crop", margin: float = 2.0) -> int:
+    """The JPEG DCT reduction (8, 4, 2, or 1 = none) to decode a ``width`` x ``height`` image at.
+
+    The largest reduction whose decoded side, for ``fit``, still spans ``margin * size`` pixels: the
+    short side for ``crop`` (the centre square's side) and ``squash`` (each side is resized to
+    ``size``), the long side for ``pad`` (it is resized to ``size``, the short side by the same
+    factor). So no fit ever upsamples because of the draft, and ``margin`` is the oversampling the
+    final resize gets. It uses only min/max of the stored sides, which an EXIF rotation swaps but
+    never changes, so the choice is the same before and after orientation.
+    """
+    if not margin >= 1.0:  # also refuses NaN
+        raise ValueError(
+            f"draft margin must be >= 1.0 (1.0 = the decode just covers the target), got {margin}"
+        )
+    side = max(width, height) if fit == "pad" else min(width, height)
+    need = margin * size
+    for scale in (8, 4, 2):
+        # Pillow can only reduce by ``scale`` when both sides are at least that long.
+        if side >= scale * need and min(width, height) >= scale:
+            return scale
+    return 1
+
+
+def open_oriented(
+    source: bytes | Path,
+    size: int | None = None,
+    draft: bool = True,
+    *,
+    fit: Fit = "crop",
+    draft_margin: float = 2.0,
+) -> Image.Image:
     """Open an image, let a JPEG decode at reduced scale (draft) when ``size`` allows, fully load it
     and apply its EXIF orientation. Raises ImageDecodeError for anything unreadable.
+
+    The reduction is ``draft_scale(..., fit, draft_margin)``; ``fit`` only decides which side must
+    cover the target, and ``crop`` (the default) is the most conservative for every fit.
     """
+    if not draft_margin >= 1.0:  # checked here, not per image: a bad setting is not a corrupt file
+        raise ValueError(
+            f"draft_margin must be >= 1.0 (1.0 = the decode just covers the target), got {draft_margin}"
+        )
     try:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if draft and size is not None and img.format == "JPEG":
-            # Ask for at least 2x the target on the short side after the centre crop, so the
-            # DCT-domain downscale (1/2, 1/4, 1/8) never goes below what the resize needs.
             w, h = img.size
-            short = min(w, h)
-            want = 2 * size
-            scale = max(want / short, 1 / 8)
-            img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+            scale = draft_scale(w, h, size, fit, draft_margin)
+            if scale > 1:
+                # Pillow picks the largest of 8/4/2/1 <= min(w // rw, h // rh): (w // s, h // s)
+                # gives exactly ``scale`` (both quotients lie in [s, 2s)).
+                img.draft("RGB", (w // scale, h // scale))
         img.load()  # forces the full decode: truncated files raise here, not later
         return ImageOps.exif_transpose(img)
     except Exception as exc:  # Pillow raises many types for bad bytes
         raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def load_resized(source: bytes | Path, size: int, fit: Fit = "crop", draft: bool = True) -> np.ndarray:
+def load_resized(
+    source: bytes | Path, size: int, fit: Fit = "crop", draft: bool = True, draft_margin: float = 2.0
+) -> np.ndarray:
     """Decode a file or bytes and return the uint8 (size, size, 3) array the models see."""
-    return fit_resize(open_oriented(source, size=size, draft=draft), size, fit)
+    return fit_resize(
+        open_oriented(source, size=size, draft=draft, fit=fit, draft_margin=draft_margin), size, fit
+    )
 
 
 def resize_array(image: np.ndarray, size: int, fit: Fit = "crop") -> np.ndarray:

@@ -46,9 +46,9 @@ class Decoded:
     error: str | None
 
 
-def _decode_one(task: tuple[str, int, str, bool]) -> Decoded:
+def _decode_one(task: tuple[str, int, str, bool, float]) -> Decoded:
     """Read, hash and resize one file (runs in a worker process)."""
-    path, size, fit, draft = task
+    path, size, fit, draft, draft_margin = task
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -57,7 +57,7 @@ def _decode_one(task: tuple[str, int, str, bool]) -> Decoded:
     try:
         with Image.open(Path(path)) as head:
             width, height = head.size
-        array = load_resized(data, size, fit, draft)  # type: ignore[arg-type]
+        array = load_resized(data, size, fit, draft, draft_margin)  # type: ignore[arg-type]
     except (ImageDecodeError, OSError, ValueError, SyntaxError) as exc:
         return Decoded(sha1, len(data), 0, 0, None, str(exc).splitlines()[0][:300])
     return Decoded(sha1, len(data), width, height, array, None)
@@ -92,7 +92,9 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
     orphans = sorted(set(files) - set(meta["isic_id"]))
 
     size, workers = params.image_size, params.workers or os.cpu_count() or 1
-    tasks = [(str(files[i]), size, params.fit, params.draft) for i in candidates["isic_id"]]
+    tasks = [
+        (str(files[i]), size, params.fit, params.draft, params.draft_margin) for i in candidates["isic_id"]
+    ]
     log.info("prepare: decoding %d images to %dx%d on %d workers", len(tasks), size, size, workers)
 
     corrupt: list[dict] = []
