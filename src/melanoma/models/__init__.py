@@ -67,4 +67,8 @@ def _load_family(model_dir: Path, info: dict[str, Any]) -> ImageClassifier:
         from melanoma.models.deep.loop import KerasClassifier
 
         return KerasClassifier.load(Path(model_dir), int(info["image_size"]), str(info.get("fit", "crop")))
+    if family == "ensemble":
+        from melanoma.models.ensemble import EnsembleModel
+
+        return EnsembleModel.load(Path(model_dir))
     raise DataError(f"{model_dir}: unknown model family {family!r} in {MODEL_JSON}")
