@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +41,31 @@ def fit_model(
     strategy: Any = None,
     on_epoch: Callable[[dict[str, float], int], None] | None = None,
     keras_home: Path | None = None,
+    member_dirs: Mapping[str, Path] | None = None,
+    expected_data: Mapping[str, str] | None = None,
 ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Dispatch to the model family; return the model and family-specific info to record.
 
     The deep models get one ``LoopSettings``, built here once from ``train.*`` and ``base.seed``.
+    The ensemble is fitted on validation only, from the trained members' folders (``member_dirs``,
+    name -> folder); ``expected_data`` (today's data hashes) refuses members trained on other data.
     """
     size, fit, seed = params.prepare.image_size, params.prepare.fit, params.base.seed
+    if name == "ensemble":
+        from melanoma.models.ensemble import fit_ensemble
+
+        if member_dirs is None:
+            raise DataError("ensemble: the member model folders were not given")
+        return fit_ensemble(
+            member_dirs, x_val, y_val, params.ensemble, seed, size, fit, expected_data=expected_data
+        )
     if name == "baseline":
         from melanoma.models.baseline import fit_baseline
 
         model, scores = fit_baseline(x_train, y_train, x_val, y_val, params.baseline, seed, size, fit)
         return model, {"candidate": model.candidate, "candidate_val_auc": scores}
     if name not in ("cnn", "transfer"):
-        raise DataError(f"unknown model {name!r}; expected one of baseline, cnn, transfer")
+        raise DataError(f"unknown model {name!r}; expected one of baseline, cnn, transfer, ensemble")
     import tensorflow as tf
 
     from melanoma.models.deep.loop import LoopSettings
@@ -85,7 +97,7 @@ def logged_params(name: str, params: Params) -> dict[str, Any]:
     }
     out.update(
         flatten(params.train, "train.")
-        if name != "baseline"
+        if name not in ("baseline", "ensemble")  # neither runs the deep training loop
         else {"train.target_sensitivity": params.train.target_sensitivity}
     )
     section = getattr(params, name, None)
@@ -102,8 +114,11 @@ def train_model(
     params: Params,
     tracking: Tracking,
     keras_home: Path | None = None,
+    member_dirs: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Train ``name`` on the prepared data and splits; write ``out_dir``; log one MLflow run.
+
+    ``member_dirs``: the ensemble's member model folders (name -> folder); other models ignore it.
 
     Under a multi-worker strategy every worker trains, but only the chief logs to MLflow.
     Returns the content of ``model.json``, plus (on the chief) where MLflow keeps the run and model
@@ -113,7 +128,7 @@ def train_model(
 
     start = time.perf_counter()
     strategy = None
-    if name != "baseline":
+    if name not in ("baseline", "ensemble"):  # the ensemble trains no network: it combines saved ones
         from melanoma.models.deep.loop import is_chief, make_strategy
 
         strategy = make_strategy(params.train.strategy, params.train.devices)  # before other TF ops
@@ -154,6 +169,8 @@ def train_model(
             strategy=strategy,
             on_epoch=on_epoch,
             keras_home=keras_home,
+            member_dirs=member_dirs,
+            expected_data=hashes,
         )
         history = family_info.pop("history", None)
         p_val = model.predict_proba(x_val)

@@ -39,20 +39,13 @@ from melanoma.errors import DataError
 from melanoma.images import resize_batch
 from melanoma.metrics import safe_auc
 from melanoma.models import ImageClassifier, load_model
+from melanoma.models.calibration import logit, sigmoid
 
 log = logging.getLogger(__name__)
 
 ENSEMBLE_JSON = "ensemble.json"
 MEMBERS_DIR = "members"
 OOF_FOLDS = 5
-# Member probabilities are float32 and may be exactly 0 or 1: clip before the logit.
-LOGIT_EPS = 1e-6
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)) of probabilities clipped to [LOGIT_EPS, 1 - LOGIT_EPS], in float64."""
-    q = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
-    return np.log(q) - np.log1p(-q)
 
 
 def mid_ranks(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -91,8 +84,7 @@ class EnsembleModel:
         """Members' probabilities (N, n_members) -> the ensemble's score (N,) in [0, 1]."""
         if self.method == "stack":
             assert self.coef is not None
-            z = logit(probas) @ self.coef + self.intercept
-            return 1.0 / (1.0 + np.exp(-z))
+            return sigmoid(logit(probas) @ self.coef + self.intercept)
         assert self.references is not None
         ranks = [mid_ranks(self.references[n], probas[:, i]) for i, n in enumerate(self.members)]
         return np.mean(ranks, axis=0)
