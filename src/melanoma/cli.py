@@ -137,7 +137,9 @@ def cmd_train(params: Params, args: argparse.Namespace) -> None:
 
     out = args.out or MODELS_DIR / args.model
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))  # Keras' own cache convention
-    train_model(args.model, args.prepared, args.splits, out, params, _tracking(params), keras_home)
+    # the ensemble combines the trained members' folders (dvc.yaml: the ensemble stage's deps)
+    members = {m: MODELS_DIR / m for m in params.ensemble.members} if args.model == "ensemble" else None
+    train_model(args.model, args.prepared, args.splits, out, params, _tracking(params), keras_home, members)
 
 
 def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
