@@ -30,7 +30,8 @@ def dihedral_views(images: np.ndarray) -> np.ndarray:
         raise ValueError(f"TTA needs square images (N, S, S, C); got shape {x.shape}")
     mirrored = x[:, :, ::-1]
     return np.stack(
-        [np.rot90(x, k, axes=(1, 2)) for k in range(4)] + [np.rot90(mirrored, k, axes=(1, 2)) for k in range(4)]
+        [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
+        + [np.rot90(mirrored, k, axes=(1, 2)) for k in range(4)]
     )
 
 
