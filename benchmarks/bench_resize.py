@@ -3,18 +3,26 @@
 Compares, on full-size JPEGs, per data set:
 
 * ours              ``melanoma.prepare._decode_one`` on a file: read + sha1 + header + JPEG draft
-                    decode + resize to ``--size`` (centre crop), exactly what prepare's workers do;
+                    decode + resize to ``--size`` (centre crop), exactly what prepare's workers do,
+                    at the default ``prepare.draft_margin`` and at every other ``--margins`` value
+                    (the draft decodes at the smallest DCT scale whose short side is still
+                    >= margin x size);
 * naive             ``Image.open(p).convert("RGB").resize((size, size))``: full decode, default filter;
 * decode-only limit ``Image.open(p); img.draft(<the request open_oriented makes>); img.load()``:
                     the reduced-scale JPEG decode alone, no hash, no header, no resize;
 * scaling           ours in a ProcessPoolExecutor at 1 .. os.cpu_count() workers (prepare's chunking).
 
-Targets: ours >= 4x naive on one core; ours >= 0.75 of the decode-only limit; parallel efficiency
+Image quality of each margin (and of naive): PSNR and SSIM (7x7 windows on luminance) of its output
+against a high-quality reference of the same crop (full decode, EXIF orientation, Lanczos resize),
+mean over the images; the worst image's PSNR too.
+
+Targets (at the default margin): ours >= 4x naive on one core; ours >= 0.75 of the decode-only limit; parallel efficiency
 >= 0.8 at all cores. Single-core runs happen in this process pinned to one CPU, interleaved
-(naive, ours, decode-only per repeat), best of ``--repeat`` after one warm-up pass. Absolute
+(naive, ours at each margin, decode-only per repeat), best of ``--repeat`` after one warm-up pass. Absolute
 images/s are printed only as context; the results are the ratios.
 
-    .venv/bin/python benchmarks/bench_resize.py [--n 48] [--repeat 3] [--real DIR] [--size 100] [--json OUT]
+    .venv/bin/python benchmarks/bench_resize.py [--n 48] [--repeat 3] [--real DIR] [--size 100]
+        [--margins 1.0,1.5,2.0] [--json OUT]
 """
 
 from __future__ import annotations
@@ -47,15 +55,18 @@ from loadmeter import BUSY_LIMIT, HZ, busy, fmt_load, verdict  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 try:
     from melanoma import images as mimages
+    from melanoma.config import PrepareParams
     from melanoma.prepare import _decode_one
 except ImportError:  # not installed into the interpreter: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
     from melanoma import images as mimages
+    from melanoma.config import PrepareParams
     from melanoma.prepare import _decode_one
 
 DEFAULT_REAL = "../shared/datasets/isic-archive-cc0-sample"
 SYNTH_SIZES = ((1024, 768), (2048, 1536), (3072, 2304))
 FIT = "crop"
+DEFAULT_MARGIN = PrepareParams().draft_margin  # the code default == params.yaml (tests/test_config.py)
 
 TARGET_NAIVE = 4.0  # ours / naive, one core
 TARGET_LIMIT = 0.75  # ours / decode-only limit, one core
@@ -126,10 +137,11 @@ def run_naive(path: str, size: int) -> None:
     Image.open(path).convert("RGB").resize((size, size))
 
 
-def run_ours(path: str, size: int) -> None:
-    res = _decode_one((path, size, FIT, True))
-    if res.error is not None:
+def run_ours(path: str, size: int, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+    res = _decode_one((path, size, FIT, True, margin))
+    if res.error is not None or res.array is None:
         raise RuntimeError(f"{path}: {res.error}")
+    return res.array
 
 
 def run_decode_only(path: str, request: tuple[str, tuple[int, int]] | None) -> None:
@@ -157,15 +169,90 @@ def spy_draft() -> Iterator[list]:
         JpegImagePlugin.JpegImageFile.draft = original  # type: ignore[method-assign]
 
 
-def draft_requests(paths: list[str], size: int) -> dict[str, tuple]:
+def draft_requests(paths: list[str], size: int, margin: float = DEFAULT_MARGIN) -> dict[str, tuple]:
     """The exact draft request ours makes for each file (captured from a real _decode_one call)."""
     out = {}
     with spy_draft() as calls:
         for p in paths:
             calls.clear()
-            run_ours(p, size)
+            run_ours(p, size, margin)
             out[p] = calls[-1] if calls else (None, None)
     return out
+
+
+def scale_counts(paths: list[str], requests: dict[str, tuple]) -> dict[str, int]:
+    """How many files decode at each DCT scale ("full" = no reduction)."""
+    scales: dict[str, int] = {}
+    for p in paths:
+        with Image.open(p) as img:
+            full_w = img.size[0]
+        got = requests[p][1]
+        key = "full" if got is None else f"1/{round(full_w / got[0])}"
+        scales[key] = scales.get(key, 0) + 1
+    return dict(sorted(scales.items()))
+
+
+# --------------------------------------------------------------------------- image quality
+
+
+def reference(path: str, size: int) -> np.ndarray:
+    """The high-quality target: full decode, EXIF orientation, the same centre crop, Lanczos
+    straight from full resolution (no reducing_gap shortcut)."""
+    img = mimages.open_oriented(Path(path).read_bytes(), size=size, draft=False).convert("RGB")
+    box = mimages.fit_box(*img.size, FIT)
+    return np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=box), dtype=np.uint8)
+
+
+def naive_array(path: str, size: int) -> np.ndarray:
+    """Naive's full decode and default filter, on the same crop (its timed path squashes the frame,
+    which would not compare with a crop reference)."""
+    img = Image.open(path).convert("RGB")
+    return np.asarray(img.resize((size, size), box=mimages.fit_box(*img.size, FIT)), dtype=np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM (Wang et al. 2004 constants) over 7x7 windows of BT.601 luminance."""
+    from scipy.ndimage import uniform_filter
+
+    weights = np.array([0.299, 0.587, 0.114])
+    x, y = a.astype(np.float64) @ weights, b.astype(np.float64) @ weights
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = uniform_filter(x, 7), uniform_filter(y, 7)
+    vx = uniform_filter(x * x, 7) - mx * mx
+    vy = uniform_filter(y * y, 7) - my * my
+    cov = uniform_filter(x * y, 7) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s[3:-3, 3:-3].mean())  # windows that lie inside the image
+
+
+def quality(paths: list[str], size: int, margins: list[float]) -> dict[str, dict[str, float]]:
+    """PSNR/SSIM of each path's output against ``reference``, over the same images."""
+    makers: dict[str, Callable[[str], np.ndarray]] = {"naive (crop)": lambda p: naive_array(p, size)}
+    makers["full decode + ours"] = lambda p: mimages.load_resized(
+        Path(p).read_bytes(), size, FIT, draft=False
+    )
+    for m in margins:
+        makers[f"ours m={m:g}"] = lambda p, m=m: run_ours(p, size, m)
+    scores: dict[str, dict[str, list[float]]] = {k: {"psnr": [], "ssim": []} for k in makers}
+    for p in paths:
+        ref = reference(p, size)
+        for name, make in makers.items():
+            out = make(p)
+            scores[name]["psnr"].append(psnr(out, ref))
+            scores[name]["ssim"].append(ssim(out, ref))
+    return {
+        k: {
+            "psnr_mean": float(np.mean(v["psnr"])),
+            "psnr_min": float(np.min(v["psnr"])),
+            "ssim_mean": float(np.mean(v["ssim"])),
+        }
+        for k, v in scores.items()
+    }
 
 
 # --------------------------------------------------------------------------- timing
@@ -236,20 +323,24 @@ def measure(fn: Callable[[], object], pids: list[int], cpu: str) -> Pass:
     return Pass(wall, ours, foreign)
 
 
-def time_pass(fn: Callable[[str], None], paths: list[str], cpu: str) -> Pass:
+def time_pass(fn: Callable[[str], object], paths: list[str], cpu: str) -> Pass:
     return measure(lambda: [fn(p) for p in paths], [os.getpid()], cpu)
 
 
 def single_core(
-    paths: list[str], size: int, repeat: int, requests: dict[str, tuple], cpu: str
+    paths: list[str], size: int, repeat: int, requests: dict[str, tuple], cpu: str, margins: list[float]
 ) -> dict[str, Pass]:
     """Best pass for each path, interleaved so drift hits all of them alike. Up to 2*repeat extra
-    rounds while the best pass of any path overlapped other processes' load on this CPU."""
-    fns: dict[str, Callable[[str], None]] = {
+    rounds while the best pass of any path overlapped other processes' load on this CPU.
+    "ours" is the default margin; "ours m=X" the others."""
+    fns: dict[str, Callable[[str], object]] = {
         "naive": lambda p: run_naive(p, size),
         "ours": lambda p: run_ours(p, size),
         "decode_only": lambda p: run_decode_only(p, requests[p][0]),
     }
+    for m in margins:
+        if m != DEFAULT_MARGIN:
+            fns[f"ours m={m:g}"] = lambda p, m=m: run_ours(p, size, m)
     for fn in fns.values():  # warm-up: page cache, imports, allocator
         time_pass(fn, paths, cpu)
     best = {k: Pass() for k in fns}
@@ -266,7 +357,7 @@ def single_core(
 def breakdown(paths: list[str], size: int, repeat: int) -> dict[str, float]:
     """Best seconds per pass for each stage of _decode_one, run separately on the same files."""
     datas = [Path(p).read_bytes() for p in paths]
-    decoded = [mimages.open_oriented(d, size=size, draft=True) for d in datas]
+    decoded = [mimages.open_oriented(d, size=size, draft=True, draft_margin=DEFAULT_MARGIN) for d in datas]
 
     def header(p: str) -> None:
         with Image.open(Path(p)) as head:
@@ -276,7 +367,9 @@ def breakdown(paths: list[str], size: int, repeat: int) -> dict[str, float]:
         "read": lambda: [Path(p).read_bytes() for p in paths],
         "sha1": lambda: [hashlib.sha1(d).hexdigest() for d in datas],
         "header": lambda: [header(p) for p in paths],
-        "draft decode+orient": lambda: [mimages.open_oriented(d, size=size, draft=True) for d in datas],
+        "draft decode+orient": lambda: [
+            mimages.open_oriented(d, size=size, draft=True, draft_margin=DEFAULT_MARGIN) for d in datas
+        ],
         "resize": lambda: [mimages.fit_resize(im, size, FIT) for im in decoded],
     }
     best = {}
@@ -300,7 +393,7 @@ def pool_pass(pool: ProcessPoolExecutor, tasks: list, chunk: int) -> None:
 def scaling(paths: list[str], size: int, repeat: int, max_workers: int) -> dict[int, Pass]:
     """Best pass of ours in a process pool, 1 .. max_workers workers (pool start excluded); up to
     2*repeat extra passes while the best one overlapped other processes' load."""
-    tasks = [(p, size, FIT, True) for p in paths]
+    tasks = [(p, size, FIT, True, DEFAULT_MARGIN) for p in paths]
     out = {}
     for workers in range(1, max_workers + 1):
         chunk = max(1, min(64, len(tasks) // (workers * 8) or 1))  # as prepare() chunks
@@ -323,18 +416,19 @@ def scaling(paths: list[str], size: int, repeat: int, max_workers: int) -> dict[
 def bench_set(name: str, paths: list[str], args: argparse.Namespace, cores: int) -> dict:
     n, size = len(paths), args.size
     print(f"\n== {name}: {describe(paths)}")
+    margins = args.margins
     requests = draft_requests(paths, size)
-    scales: dict[str, int] = {}
-    for p in paths:
-        with Image.open(p) as img:
-            full_w = img.size[0]
-        got = requests[p][1]
-        key = "full" if got is None else f"1/{round(full_w / got[0])}"
-        scales[key] = scales.get(key, 0) + 1
-    print("   draft scale ours decodes at: " + ", ".join(f"{k} x{v}" for k, v in sorted(scales.items())))
+    scales = scale_counts(paths, requests)
+    margin_scales = {m: scale_counts(paths, draft_requests(paths, size, m)) for m in margins}
+    print(
+        f"   draft scale ours (margin {DEFAULT_MARGIN:g}) decodes at: "
+        + ", ".join(f"{k} x{v}" for k, v in scales.items())
+    )
 
     with pinned_to_one_cpu() as pinned:
-        best = single_core(paths, size, args.repeat, requests, "cpu" if pinned is None else f"cpu{pinned}")
+        best = single_core(
+            paths, size, args.repeat, requests, "cpu" if pinned is None else f"cpu{pinned}", margins
+        )
         stages = breakdown(paths, size, args.repeat)
     pool = scaling(paths, size, args.repeat, cores)
 
@@ -363,6 +457,31 @@ def bench_set(name: str, paths: list[str], args: argparse.Namespace, cores: int)
         f"   ours / decode-only limit = {r_limit:6.2f}    target >= {TARGET_LIMIT:.2f}   "
         + verdict(ok_limit, best["ours"], best["decode_only"])
     )
+
+    # Draft margin: speed (vs naive, same run) and image quality (vs the Lanczos full-decode reference).
+    t0 = time.perf_counter()
+    qual = quality(paths, size, margins)
+    print(
+        f"   draft margin: speed vs naive (one core, same passes) and quality vs a full-decode Lanczos "
+        f"reference ({time.perf_counter() - t0:.0f}s):"
+    )
+    print(
+        f"   {'path':<22}{'vs naive':>9}{'other load':>12}{'PSNR dB':>9}{'worst':>7}{'SSIM':>8}  decoded at"
+    )
+    margin_rows: dict[str, dict] = {}
+    for name, q in qual.items():
+        key = None
+        if name.startswith("ours m="):
+            m = float(name.removeprefix("ours m="))
+            key = "ours" if m == DEFAULT_MARGIN else name
+        ratio = ips[key] / ips["naive"] if key else None
+        load = fmt_load(best[key]) if key else ""
+        where = ", ".join(f"{k} x{v}" for k, v in margin_scales[m].items()) if key else ""
+        ratio_s = "" if ratio is None else f"{ratio:.2f}x"
+        print(
+            f"   {name:<22}{ratio_s:>9}{load:>12}{q['psnr_mean']:>9.2f}{q['psnr_min']:>7.1f}{q['ssim_mean']:>8.4f}  {where}"
+        )
+        margin_rows[name] = {**q, "ratio_vs_naive": ratio, "draft_scales": margin_scales[m] if key else None}
 
     total = sum(stages.values())
     print(
@@ -418,6 +537,8 @@ def bench_set(name: str, paths: list[str], args: argparse.Namespace, cores: int)
         "ratio_ours_over_decode_only": r_limit,
         "stage_seconds": stages,
         "draft_scales": scales,
+        "default_margin": DEFAULT_MARGIN,
+        "margins": margin_rows,
         "scaling": scale_rows,
         "cpu_work_ratio_inproc_over_pool": cpu_ratio,
         "clean": clean,
@@ -435,8 +556,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"folder of real *.jpg, relative to the repo root (default {DEFAULT_REAL}); '' to skip",
     )
     ap.add_argument("--size", type=int, default=100, help="output side in pixels (default 100)")
+    ap.add_argument(
+        "--margins",
+        default="1.0,1.5,2.0",
+        help=f"draft margins to compare, comma-separated (the default {DEFAULT_MARGIN:g} is always included)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
+    args.margins = sorted({float(m) for m in args.margins.split(",") if m.strip()} | {DEFAULT_MARGIN})
+    if min(args.margins) < 1.0:
+        ap.error(f"--margins: every margin must be >= 1.0, got {args.margins}")
 
     cores = os.cpu_count() or 1
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
