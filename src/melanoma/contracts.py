@@ -11,6 +11,8 @@ The hand-offs::
     prepare  -> data/prepared/   images.npy (N x S x S x 3 uint8), index.csv (row i = image i),
                                  prepare_report.json
     split    -> data/splits/     {train,val,test}.csv (rows of index.csv + group), split_report.json
+    external -> data/external/   external_report.json; when a set is configured also images.npy,
+                                 index.csv, prepare_report.json (the prepared layout, same prepare params)
     train@X  -> models/X/        the family's own files, model.json, history.json (deep models)
     evaluate -> reports/metrics/X.json, reports/plots/X/
 
@@ -27,6 +29,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +180,53 @@ def load_prepared(prepared_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
     return images, index
 
 
+# ----------------------------------------------------------- external set (external -> evaluate)
+EXTERNAL_REPORT = "external_report.json"
+
+
+@dataclass(frozen=True)
+class ExternalSet:
+    """A prepared external test set: images, index (row i = image i) and the external stage's report."""
+
+    images: np.ndarray
+    index: pd.DataFrame
+    report: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.report.get("name") or self.report.get("source"))
+
+
+def write_external(
+    out_dir: Path,
+    report: Mapping[str, Any],
+    prepared: tuple[np.ndarray, pd.DataFrame, Mapping[str, Any]] | None = None,
+) -> None:
+    """Replace ``out_dir`` with external_report.json and, for a configured set, the prepared layout.
+
+    ``prepared`` = (images, index, prepare report); None when there is no external set (the report
+    alone then says so, so the stage still has its output).
+    """
+    with atomic.atomic_dir(Path(out_dir)) as tmp:
+        if prepared is not None:
+            write_prepared(tmp, *prepared)
+        atomic.write_json(tmp / EXTERNAL_REPORT, {"present": prepared is not None, **report})
+
+
+def read_external_report(external_dir: Path) -> dict[str, Any]:
+    """Read data/external/external_report.json."""
+    return _read_json_file(Path(external_dir) / EXTERNAL_REPORT, "run the external stage first")
+
+
+def load_external(external_dir: Path) -> ExternalSet | None:
+    """The prepared external set, or None when the external stage recorded that there is none."""
+    report = read_external_report(external_dir)
+    if not report.get("present"):
+        return None
+    images, index = load_prepared(external_dir)
+    return ExternalSet(images, index, report)
+
+
 # --------------------------------------------------------------- splits (split -> train, evaluate)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_REPORT = "split_report.json"
@@ -287,6 +337,8 @@ def write_registry_decision(path: Path, decision: Mapping[str, Any]) -> None:
 # ------------------------------------------- readers for the report stage (every hand-off above)
 REGISTRY_JSON = "registry.json"  # written by register under reports/
 PLOT_SERIES = ("roc", "prc", "calibration", "subgroups")  # evaluate's reports/plots/X/<key>.json
+# written beside them only when an external set was scored (the metrics JSON then has "external")
+EXTERNAL_PLOT_SERIES = ("external_roc", "external_prc")
 
 
 def _read_json_file(path: Path, hint: str) -> Any:
