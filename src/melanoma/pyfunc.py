@@ -32,7 +32,8 @@ class MelanomaPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:  # noqa: ANN001 - MLflow's PythonModelContext
         from melanoma.models import load_model
 
-        self.model = load_model(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
+        self.model_dir = Path(context.artifacts[MODEL_DIR_ARTIFACT])  # the app reads its model.json
+        self.model = load_model(self.model_dir)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:  # noqa: ANN001
         """uint8 (N, H, W, 3) or a list of HxWx3 arrays -> float32 (N,)."""

@@ -183,6 +183,9 @@ def train_model(
             "family": model.family,
             "image_size": model.image_size,
             "fit": model.fit,
+            # how prepare decoded the JPEGs: the app decodes uploads the same way (serve.holder)
+            "draft": params.prepare.draft,
+            "draft_margin": params.prepare.draft_margin,
             "threshold": threshold,
             "threshold_rule": "youden"
             if params.train.target_sensitivity is None

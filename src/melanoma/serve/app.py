@@ -148,7 +148,7 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
         return holder.current.describe()
 
     def run_one(served: Served, upload: Upload, explain: bool) -> dict[str, Any]:
-        pixels = decode(upload, limits, served.image_size, served.fit)  # type: ignore[arg-type]
+        pixels = decode(upload, limits, served.image_size, served.fit, **served.decoding)  # type: ignore[arg-type]
         out = result(served, served.predict(pixels[None])[0])
         if explain:
             with served.lock:
@@ -175,7 +175,7 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
         pixels = []
         for i, upload in enumerate(uploads):
             try:
-                pixels.append(decode(upload, limits, served.image_size, served.fit))  # type: ignore[arg-type]
+                pixels.append(decode(upload, limits, served.image_size, served.fit, **served.decoding))  # type: ignore[arg-type]
             except IntakeError as exc:
                 raise IntakeError(exc.status, f"file {i + 1} of {len(uploads)}: {exc.message}") from None
         probs = served.predict(np.stack(pixels))

@@ -43,6 +43,8 @@ class Served:
     # Keras models are not guaranteed thread-safe, and 2 cores gain nothing from parallel forward passes.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     explainer: Any = field(default=None, repr=False)
+    # JPEG draft settings prepare used for this model's training data (model.json; older folders: 2.0)
+    decoding: dict[str, Any] = field(default_factory=lambda: {"draft": True, "draft_margin": 2.0})
 
     @property
     def image_size(self) -> int:
@@ -68,6 +70,7 @@ class Served:
             "threshold": self.threshold,
             "image_size": self.image_size,
             "fit": self.fit,
+            **self.decoding,
             "test_metrics": self.metrics,
             "data_hashes": self.data,
             "explanation": "grad-cam" if self.family == "keras" else "lesion-mask",
@@ -107,8 +110,14 @@ def load_folder(model_dir: Path, metrics_path: Path | None = None) -> Served:
             source=str(Path(model_dir).resolve()),
             metrics=test,
             data={k: str(v) for k, v in (info.get("data") or {}).items()},
+            decoding=decoding_of(info),
         )
     )
+
+
+def decoding_of(info: dict[str, Any]) -> dict[str, Any]:
+    """model.json -> the ``draft``/``draft_margin`` keyword arguments of ``intake.decode``."""
+    return {"draft": bool(info.get("draft", True)), "draft_margin": float(info.get("draft_margin", 2.0))}
 
 
 def _tag_value(text: str) -> Any:
@@ -122,10 +131,14 @@ def load_version(client: Any, registered_model: str, version: str) -> Served:
     """Registered version -> Served, loaded through its pyfunc (the logged model folder inside)."""
     import mlflow
 
+    from melanoma.contracts import read_model_json
+
     mv = client.get_model_version(registered_model, version)
     tags = dict(mv.tags)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version}")
-    classifier = pyfunc.unwrap_python_model().model
+    wrapper = pyfunc.unwrap_python_model()
+    classifier = wrapper.model
+    decoding = decoding_of(read_model_json(wrapper.model_dir))  # the logged folder's model.json
     metrics = {
         k.removeprefix("test_"): _tag_value(v)
         for k, v in sorted(tags.items())
@@ -142,6 +155,7 @@ def load_version(client: Any, registered_model: str, version: str) -> Served:
             source=f"models:/{registered_model}/{version}",
             metrics=metrics,
             data={k.removeprefix("data."): v for k, v in sorted(tags.items()) if k.startswith("data.")},
+            decoding=decoding,
         )
     )
 

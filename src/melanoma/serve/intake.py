@@ -138,8 +138,11 @@ def check_upload(upload: Upload, limits: Limits) -> str:
     return fmt
 
 
-def decode(upload: Upload, limits: Limits, size: int, fit: Fit) -> np.ndarray:
-    """Checked upload -> the uint8 (size, size, 3) array the model sees (prepare's decode and resize)."""
+def decode(
+    upload: Upload, limits: Limits, size: int, fit: Fit, draft: bool = True, draft_margin: float = 2.0
+) -> np.ndarray:
+    """Checked upload -> the uint8 (size, size, 3) array the model sees (prepare's decode and resize,
+    with the JPEG draft settings the model's training data was prepared with)."""
     fmt = check_upload(upload, limits)
     label = f"{upload.filename!r}: " if upload.filename else ""
     try:
@@ -159,7 +162,8 @@ def decode(upload: Upload, limits: Limits, size: int, fit: Fit) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return fit_resize(open_oriented(upload.data, size=size), size, fit)
+            image = open_oriented(upload.data, size=size, draft=draft, fit=fit, draft_margin=draft_margin)
+            return fit_resize(image, size, fit)
     except ImageDecodeError as exc:
         raise IntakeError(422, f"{label}cannot decode the image (corrupt or truncated): {exc}") from None
     except (MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):
