@@ -82,6 +82,11 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int =
     return float(ece)
 
 
+def brier(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Brier score: the mean squared error of the probabilities (0 is perfect)."""
+    return float(np.mean((np.asarray(prob, dtype=np.float64) - y_true) ** 2))
+
+
 def reliability(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
     """Per-bin mean predicted probability vs observed melanoma rate (a reliability diagram)."""
     edges = np.linspace(0, 1, bins + 1)
