@@ -165,3 +165,26 @@ def test_pyfunc_round_trip_on_raw_images(members: dict[str, Path], val, tmp_path
     got = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(raw)
     want = model.predict_proba(resize_batch(raw, SIZE))
     assert np.asarray(got).shape == (4,) and np.allclose(got, want, atol=1e-6)
+
+
+def test_the_app_serves_an_ensemble_folder_with_a_members_grad_cam(
+    members: dict[str, Path], val, tmp_path: Path
+) -> None:
+    from melanoma.serve import load_folder
+    from melanoma.serve.explain import explanation_kind, make_explainer
+
+    model, _ = fit(members, val, "stack")
+    served = load_folder(saved(model, tmp_path / "ensemble"))
+    x, _ = val
+    assert served.family == "ensemble" and served.image_size == SIZE
+    assert np.allclose(served.predict(x[:3]), model.predict_proba(x[:3]), atol=1e-6)
+    assert served.describe()["explanation"] == "grad-cam"
+    out = served.explainer(x[0])  # a 24 px image; the CNN member sees it at 16 px
+    assert out["kind"] == "grad-cam" and out["member"] == "cnn" and "cnn" in out["note"]
+    assert out["image_png_b64"]
+
+    # no deep member: no heat map, a note saying why, and no crash
+    only_baseline = EnsembleModel({"baseline": load_model(members["baseline"])}, {}, "rank_mean", SIZE)
+    assert explanation_kind(only_baseline) == "none"
+    plain = make_explainer(only_baseline)(x[0])
+    assert plain["kind"] == "none" and "no heat map" in plain["note"] and plain["image_png_b64"]

@@ -7,6 +7,9 @@ model is ``image -> features(backbone) -> head``), so it works for the CNN and e
 
 The baseline has no convolutions; it sees colour statistics, texture and the lesion mask its shape
 features are computed on (Otsu threshold on grey), so it shows that mask and those summaries.
+
+An ensemble shows Grad-CAM of its first deep member (named in the answer), or, with no deep member,
+the image without a heat map and a note saying why.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from melanoma.features import rgb_to_hsv, shape_features
+from melanoma.images import resize_array
 
 DISPLAY = 256  # pixels per side of the explanation image
 Explainer = Callable[[np.ndarray], dict[str, Any]]
@@ -169,8 +173,59 @@ def lesion_mask_explainer() -> Explainer:
     return explain
 
 
+# ------------------------------------------------------------------------------- ensemble
+def deep_member(classifier: Any) -> tuple[str, Any] | None:
+    """An ensemble's first member with a convolutional network (cnn or transfer), or None."""
+    for name, member in (getattr(classifier, "members", None) or {}).items():
+        if getattr(member, "family", None) == "keras":
+            return name, member
+    return None
+
+
+def ensemble_explainer(classifier: Any) -> Explainer:
+    """Grad-CAM of the ensemble's first deep member; with none, the image without a heat map.
+
+    The combined score has no single feature map, so the heat map shows what one member looked at.
+    """
+    names = ", ".join(classifier.members)
+    found = deep_member(classifier)
+    if found is None:
+        note = f"no heat map: none of this ensemble's members ({names}) is a convolutional network"
+
+        def plain(image: np.ndarray) -> dict[str, Any]:
+            return {"kind": "none", "image_png_b64": png_b64(_upscale(image)), "note": note}
+
+        return plain
+    name, member = found
+    cam = grad_cam_explainer(member.model)
+    size, fit = int(member.image_size), str(member.fit)
+
+    def explain(image: np.ndarray) -> dict[str, Any]:
+        out = cam(resize_array(image, size, fit))  # the member's own input size
+        out["member"] = name
+        out["note"] = (
+            f"Grad-CAM of the ensemble's member {name} (members: {names}); red: regions that "
+            f"raised {name}'s P(melanoma) most"
+        )
+        return out
+
+    return explain
+
+
+def explanation_kind(classifier: Any) -> str:
+    """What ``make_explainer`` gives for this model: grad-cam, lesion-mask or none."""
+    family = getattr(classifier, "family", None)
+    if family == "ensemble":
+        return "grad-cam" if deep_member(classifier) else "none"
+    return "grad-cam" if family == "keras" else "lesion-mask"
+
+
 def make_explainer(classifier: Any) -> Explainer:
-    """The explainer that fits a loaded model: Grad-CAM for Keras, the lesion mask for the baseline."""
-    if getattr(classifier, "family", None) == "keras":
+    """The explainer that fits a loaded model: Grad-CAM for Keras, the lesion mask for the baseline,
+    Grad-CAM of a deep member for an ensemble."""
+    family = getattr(classifier, "family", None)
+    if family == "keras":
         return grad_cam_explainer(classifier.model)
+    if family == "ensemble":
+        return ensemble_explainer(classifier)
     return lesion_mask_explainer()

@@ -31,8 +31,8 @@ class Served:
     """A fully loaded model and what the app tells about it."""
 
     classifier: ImageClassifier
-    name: str  # model name in the pipeline: baseline, cnn, transfer
-    family: str  # baseline | keras
+    name: str  # model name in the pipeline: baseline, cnn, transfer, ensemble
+    family: str  # baseline | keras | ensemble
     threshold: float
     version: str | None = None  # registry version; None for a model folder
     registered_model: str | None = None
@@ -61,6 +61,8 @@ class Served:
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` answers."""
+        from melanoma.serve.explain import explanation_kind
+
         return {
             "name": self.name,
             "family": self.family,
@@ -73,7 +75,7 @@ class Served:
             **self.decoding,
             "test_metrics": self.metrics,
             "data_hashes": self.data,
-            "explanation": "grad-cam" if self.family == "keras" else "lesion-mask",
+            "explanation": explanation_kind(self.classifier),
         }
 
 
