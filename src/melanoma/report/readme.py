@@ -111,6 +111,11 @@ def _data(study: Study) -> list[str]:
 
 
 def _architecture(info: dict[str, Any]) -> str:
+    if info.get("family") == "ensemble":
+        how = {"stack": "logistic regression on their logits", "rank_mean": "mean of their validation ranks"}
+        members = ", ".join(f"`{n}`" for n in info.get("members") or [])
+        method = info.get("method")
+        return f"ensemble of {members}: {how.get(method, method)}, fitted on validation"
     if info.get("family") == "baseline":
         return f"scikit-learn on image features; candidate chosen on validation: `{info.get('candidate')}`"
     if info.get("backbone"):
@@ -162,6 +167,17 @@ def model_section(m: ModelResult) -> list[str]:
     if isinstance(scores, dict):
         out += ["Baseline candidates (validation ROC AUC):", ""]
         out += [fmt.table(["candidate", "val ROC AUC"], [[k, fmt.num(v)] for k, v in scores.items()]), ""]
+    members = info.get("member_val_auc")
+    if isinstance(members, dict):
+        coef = info.get("coefficients") or {}
+        out += [
+            "Ensemble members (validation ROC AUC; stacking weight on the logit where stacked). The "
+            f"ensemble's validation AUC is out-of-fold ({fmt.num(info.get('oof_folds'))} folds over "
+            f"validation); in-sample it was {fmt.num(info.get('val_roc_auc_in_sample'))}.",
+            "",
+        ]
+        rows = [[k, fmt.num(v), fmt.num(coef.get(k)) if coef else "-"] for k, v in members.items()]
+        out += [fmt.table(["member", "val ROC AUC", "weight"], rows), ""]
     if m.history:
         out += [fmt.figure(f"Training curve of {m.name}", training_figure(m.name)), ""]
     return out
