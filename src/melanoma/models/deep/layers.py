@@ -1,5 +1,6 @@
 """Serializable Keras objects the deep models share (no Lambda layers: models load in safe mode):
-the input preprocessing layer and the training loop's class tally metric."""
+the input preprocessing layer and the training loop's metrics (AUC and class tallies), which take
+mixup/cutmix soft labels as well as hard ones."""
 
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class Preprocess(keras.layers.Layer):
 class ClassTally(keras.metrics.Metric):
     """Per epoch: how many samples of class ``cls`` the loss saw, or (``weighted``) their summed weight.
 
+    A mixed sample with soft target ``t`` counts ``t`` towards the positives and ``1 - t`` towards
+    the negatives (with its loss weight, that is the loss mass each class gets).
+
     A training-loop record, not a quality metric: it shows what ``class_balance`` applied.
     """
 
@@ -57,7 +61,9 @@ class ClassTally(keras.metrics.Metric):
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
 
     def update_state(self, y_true, y_pred, sample_weight=None) -> None:  # noqa: ANN001 - Keras tensors
-        hit = keras.ops.cast(keras.ops.equal(keras.ops.reshape(y_true, (-1,)), self.cls), "float32")
+        # A soft (mixed) label counts by its share of the class; a hard label counts 1 or 0.
+        y = keras.ops.reshape(keras.ops.cast(y_true, "float32"), (-1,))
+        hit = y if self.cls == 1 else 1.0 - y
         if self.weighted and sample_weight is not None:
             hit = hit * keras.ops.reshape(keras.ops.cast(sample_weight, "float32"), (-1,))
         self.total.assign_add(keras.ops.sum(hit))
@@ -72,3 +78,20 @@ class ClassTally(keras.metrics.Metric):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "cls": self.cls, "weighted": self.weighted}
+
+
+@keras.saving.register_keras_serializable(package="melanoma")
+class SoftAUC(keras.metrics.AUC):
+    """ROC AUC that reads a soft target ``t`` in [0, 1] as a positive of weight ``t`` plus a negative
+    of weight ``1 - t``.
+
+    Keras' AUC casts labels to bool, so every mixed sample (``t > 0``) would count as a melanoma.
+    On hard labels this adds exactly the same counts as ``keras.metrics.AUC``.
+    """
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:  # noqa: ANN001 - Keras tensors
+        y = ops.reshape(ops.cast(y_true, "float32"), (-1, 1))
+        p = ops.reshape(y_pred, (-1, 1))
+        w = 1.0 if sample_weight is None else ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))
+        super().update_state(ops.ones_like(y), p, sample_weight=w * y)
+        super().update_state(ops.zeros_like(y), p, sample_weight=w * (1.0 - y))

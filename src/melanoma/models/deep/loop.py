@@ -41,7 +41,7 @@ from melanoma import atomic
 from melanoma.config import AugmentParams, TrainParams
 from melanoma.errors import ConfigError
 from melanoma.models.deep.data import BALANCE_MODES, class_weights, make_dataset
-from melanoma.models.deep.layers import ClassTally  # also registers the custom layers for loading
+from melanoma.models.deep.layers import ClassTally, SoftAUC  # also registers the custom layers for loading
 
 log = logging.getLogger(__name__)
 KERAS_FILE = "model.keras"
@@ -102,6 +102,12 @@ class LoopSettings:
     def replace(self, **changes: Any) -> LoopSettings:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def sample_weights(self, y_train: np.ndarray) -> dict[int, float] | None:
+        """The per-class loss weights the training stream attaches to each sample (``class_weight``
+        mode), or None. They ride with the samples rather than Keras' ``class_weight``, which
+        would round a mixup/cutmix soft target to one class; the stream mixes them instead."""
+        return class_weights(np.asarray(y_train)) if self.class_balance == "class_weight" else None
 
     def applied(self, y_train: np.ndarray) -> dict[str, Any]:
         """What the loop applies for class balance, as recorded in model.json."""
@@ -269,12 +275,12 @@ def tally_metrics() -> tuple[list[keras.metrics.Metric], list[keras.metrics.Metr
 
 def compile_for(model: keras.Model, lr: float, schedule: str, total_steps: int) -> None:
     """Adam with the chosen schedule; binary cross-entropy; AUC as the tracked metric (plus the
-    class tallies)."""
+    class tallies); both read soft targets of mixed batches by their class shares."""
     seen, weighted = tally_metrics()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate_for(lr, schedule, total_steps)),
         loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc", num_thresholds=400), *seen],
+        metrics=[SoftAUC(name="auc", num_thresholds=400), *seen],  # soft: mixup/cutmix targets
         weighted_metrics=weighted,
     )
 
@@ -315,6 +321,7 @@ def fit_loop(
     train_ds = make_dataset(
         x_train, y_train, batch, training=True, seed=loop.seed, augment=loop.augment,
         balance=loop.class_balance, shuffle_buffer=loop.shuffle_buffer,
+        class_weight=loop.sample_weights(y_train),  # (x, y, w) batches: Keras' class_weight stays off
     )  # fmt: skip
     val_ds = make_dataset(x_val, y_val, batch, training=False, seed=loop.seed)
     steps = math.ceil(len(y_train) / batch)
@@ -337,7 +344,6 @@ def fit_loop(
         validation_data=val_ds,
         epochs=loop.epochs,
         steps_per_epoch=steps_per_epoch(len(y_train), batch, loop),
-        class_weight=class_weights(y_train) if loop.class_balance == "class_weight" else None,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles, seeded
         verbose=verbose,
@@ -379,6 +385,7 @@ def distributed_loop(
             augment=loop.augment,
             balance=loop.class_balance,
             shuffle_buffer=loop.shuffle_buffer,
+            class_weight=loop.sample_weights(y_train) or {0: 1.0, 1: 1.0},  # always (x, y, w)
         )  # fmt: skip
         .repeat()
         .unbatch()
@@ -387,7 +394,6 @@ def distributed_loop(
     steps = max(len(y_train) // batch, 1)
     if loop.class_balance == "oversample":
         steps = math.ceil(len(y_train) / batch)
-    cw = class_weights(y_train) if loop.class_balance == "class_weight" else {0: 1.0, 1: 1.0}
     with strategy.scope():
         optimizer = keras.optimizers.Adam(
             learning_rate=learning_rate_for(loop.learning_rate, loop.lr_schedule, steps * loop.epochs)
@@ -395,9 +401,8 @@ def distributed_loop(
         loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
     batches = iter(strategy.experimental_distribute_dataset(ds))
 
-    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        y = tf.reshape(y, (-1,))
-        w = tf.where(y > 0.5, cw[1], cw[0])
+    def replica_step(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        y, w = tf.reshape(y, (-1,)), tf.reshape(w, (-1,))
         with tf.GradientTape() as tape:
             p = model(x, training=True)
             per_example = loss_fn(tf.reshape(y, (-1, 1)), p) * w
@@ -406,13 +411,13 @@ def distributed_loop(
                 loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
         grads = tape.gradient(loss, model.trainable_weights)
         optimizer.apply_gradients(zip(grads, model.trainable_weights, strict=True))
-        pos = tf.cast(y > 0.5, tf.float32)
+        pos = y  # a soft (mixed) target counts by its share of each class, as ClassTally
         tally = tf.stack([tf.reduce_sum(pos), tf.reduce_sum(1 - pos), tf.reduce_sum(pos * w), tf.reduce_sum((1 - pos) * w)])  # fmt: skip
         return loss, tally
 
     @tf.function
-    def train_step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        loss, tally = strategy.run(replica_step, args=(x, y))
+    def train_step(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        loss, tally = strategy.run(replica_step, args=(x, y, w))
         sum_ = tf.distribute.ReduceOp.SUM
         return strategy.reduce(sum_, loss, axis=None), strategy.reduce(sum_, tally, axis=None)
 
