@@ -79,7 +79,8 @@ def _test_metrics(seed: int) -> dict[str, Any]:
             "pr_auc_ci_high": pr + d(0.1, 0.2), "pauc_80": pauc, "pauc_80_ci_low": pauc - d(0.01, 0.04),
             "pauc_80_ci_high": pauc + d(0.01, 0.04), "threshold": d(0.1, 0.4), "sensitivity": d(0.85, 0.95),
             "specificity": d(0.5, 0.7), "tn": 107, "fp": 67, "fn": 4, "tp": 33, "brier": d(0.1, 0.2),
-            "ece": d(0.02, 0.08), "spec_at_sens_90": d(0.4, 0.6)}  # fmt: skip
+            "ece": d(0.02, 0.08), "spec_at_sens_90": d(0.4, 0.6), "brier_uncalibrated": d(0.2, 0.3),
+            "ece_uncalibrated": d(0.1, 0.2)}  # fmt: skip
 
 
 def _model(
@@ -134,12 +135,14 @@ def build_inputs(root: Path) -> Path:
     _raw(root)
     _prepared_and_splits(root)
     champion = _model(root, "baseline", 1, {"family": "baseline", "candidate": "random_forest",
-                                      "candidate_val_auc": {"logistic_regression": 0.7013, "random_forest": 0.8589}},
+                                      "candidate_val_auc": {"logistic_regression": 0.7013, "random_forest": 0.8589},
+                                      "calibration": {"method": "platt", "slope": 0.812345, "intercept": -0.204567}},
            None)  # fmt: skip
     history = [{"epoch": e, "phase": "train", "auc": 0.6 + 0.05 * e, "val_auc": 0.58 + 0.04 * e,
                 "loss": 0.7 - 0.04 * e, "val_loss": 0.71 - 0.03 * e} for e in range(4)]  # fmt: skip
     challenger = _model(root, "cnn", 2, {"family": "keras", "n_params": 81201, "epochs_run": 4, "best_epoch": 3,
-                                 "class_balance": "class_weight"}, history)  # fmt: skip
+                                 "class_balance": "class_weight", "tta": True,
+                                 "calibration": {"method": "temperature", "temperature": 1.537215}}, history)  # fmt: skip
     _registry(root, champion, challenger)
     return root
 
@@ -303,6 +306,19 @@ def test_tables_match_their_source_rows(built: Path) -> None:
     cleaning = {r["step"]: r["images"] for r in table_with(readme, "step")}
     assert cleaning["metadata rows (before)"] == "17" and cleaning["kept (after)"] == str(prep["n_kept"])
     assert cleaning["dropped: corrupt (cannot be decoded)"] == str(prep["n_corrupt"])
+
+
+def test_calibration_table_shows_ece_and_brier_before_and_after(built: Path) -> None:
+    readme = (built / "reports/README.md").read_text()
+    rows = {r["model"]: r for r in table_with(readme, "calibrator")}
+    for name, t in ((n, _test(built, n)) for n in MODELS):
+        assert rows[name]["ECE"] == f"{fmt3(t['ece_uncalibrated'])} → {fmt3(t['ece'])}"
+        assert rows[name]["Brier"] == f"{fmt3(t['brier_uncalibrated'])} → {fmt3(t['brier'])}"
+    assert (
+        rows["cnn"]["calibrator"] == "temperature, T = 1.537"
+        and rows["cnn"]["TTA (8 flips/rotations)"] == "on"
+    )
+    assert rows["baseline"]["calibrator"] == "Platt, slope 0.812, intercept -0.205"
 
 
 def test_small_subgroups_are_flagged_not_hidden(built: Path) -> None:

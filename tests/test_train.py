@@ -104,3 +104,54 @@ def test_logged_params_hold_what_the_model_depends_on() -> None:
     cnn = logged_params("cnn", PARAMS)
     assert {"train.epochs", "cnn.filters", "prepare.image_size", "base.seed"} <= set(cnn)
     assert not any(k.startswith("baseline.") for k in cnn)
+
+
+def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from melanoma.config import CalibrationParams
+    from melanoma.contracts import load_prepared, load_splits, split_arrays
+    from melanoma.metrics import choose_threshold, safe_auc
+    from melanoma.models import load_model
+    from melanoma.models.calibration import CalibratedClassifier, Calibrator
+    from melanoma.models.tta import TTAClassifier
+
+    prepared, splits = data
+    params = replace(
+        PARAMS, baseline=replace(PARAMS.baseline, tta=True), calibration=CalibrationParams(method="platt")
+    )
+    result = train_model("baseline", prepared, splits, tmp_path / "m", params, local_tracking(tmp_path))
+    info = json.loads((tmp_path / "m" / MODEL_JSON).read_text())
+    assert info["tta"] is True and info["calibration"]["method"] == "platt"
+    assert set(info["calibration"]) == {"method", "slope", "intercept"}
+    val = info["val"]
+    for key in ("val_ece", "val_brier", "val_ece_uncalibrated", "val_brier_uncalibrated"):
+        assert 0 <= val[key] <= 1, key
+
+    model = load_model(tmp_path / "m")
+    assert isinstance(model, CalibratedClassifier) and isinstance(model.inner, TTAClassifier)
+    assert model.calibrator == Calibrator.from_dict(info["calibration"])
+    images, _ = load_prepared(prepared)
+    x_val, y_val = split_arrays(images, load_splits(splits)["val"])
+    p_cal = model.predict_proba(x_val)
+    p_raw = load_model(tmp_path / "m", calibrated=False).predict_proba(x_val)
+    assert not np.allclose(p_cal, p_raw)  # the calibrator does something here
+    assert np.array_equal(p_cal, model.calibrator.apply(p_raw))
+    # The threshold and the metrics in model.json are those of the calibrated probabilities.
+    assert info["threshold"] == choose_threshold(y_val, p_cal, params.train.target_sensitivity)
+    assert val["val_roc_auc"] == pytest.approx(safe_auc(y_val, p_cal), abs=1e-12)
+    assert val["val_brier"] == pytest.approx(float(np.mean((p_cal - y_val) ** 2)), abs=1e-12)
+    assert val["val_brier_uncalibrated"] == pytest.approx(float(np.mean((p_raw - y_val) ** 2)), abs=1e-6)
+    # What the registry and the app load: the logged pyfunc gives the calibrated, TTA'd probabilities.
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=result["mlflow"]["model_uri"],
+        tracking_uri=result["mlflow"]["tracking_uri"],
+        dst_path=str(tmp_path / "logged"),
+    )
+    served = mlflow.pyfunc.load_model(local).predict(x_val)
+    assert np.allclose(served, p_cal, atol=1e-6)
+    run = mlflow.MlflowClient(result["mlflow"]["tracking_uri"]).get_run(result["mlflow"]["run_id"])
+    assert run.data.params["calibration.method"] == "platt" and run.data.params["baseline.tta"] == "True"
+    assert run.data.metrics["val_ece"] == pytest.approx(val["val_ece"], abs=1e-9)

@@ -218,3 +218,18 @@ class CalibratedClassifier:
     def save(self, out_dir: Path) -> None:
         """The inner model's files; the calibrator itself is recorded in model.json by train."""
         self.inner.save(out_dir)
+
+
+def raw_and_calibrated(
+    model: Any, images: np.ndarray, metadata: pd.DataFrame | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One prediction, both scales: (raw, calibrated) float64 probabilities of ``model``.
+
+    For a ``CalibratedClassifier`` the raw ones are its inner model's; any other model is its own
+    calibration (both the same array), e.g. a folder trained before calibration existed.
+    """
+    if isinstance(model, CalibratedClassifier):
+        raw = np.asarray(model.inner.predict_proba(images, metadata=metadata), dtype=np.float64)
+        return raw, model.calibrator.apply(raw)
+    prob = np.asarray(model.predict_proba(images, metadata=metadata), dtype=np.float64)
+    return prob, prob

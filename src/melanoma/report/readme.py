@@ -205,6 +205,35 @@ def metrics_table(models: list[ModelResult]) -> str:
     return fmt.table(header, rows)
 
 
+def _calibrator(info: dict[str, Any]) -> str:
+    """The fitted calibrator in words, with its fitted values (from model.json)."""
+    cal = info.get("calibration")
+    if not isinstance(cal, dict):
+        return "none recorded"
+    method = cal.get("method")
+    if method == "temperature":
+        return f"temperature, T = {fmt.num(cal.get('temperature'))}"
+    if method == "platt":
+        return f"Platt, slope {fmt.num(cal.get('slope'))}, intercept {fmt.num(cal.get('intercept'))}"
+    return str(method)
+
+
+def calibration_table(models: list[ModelResult]) -> str:
+    """Per model: TTA, the calibrator, and test ECE and Brier before → after calibration."""
+    rows = [
+        [
+            m.name,
+            "on" if m.info.get("tta") else "off",
+            _calibrator(m.info),
+            f"{fmt.num(t.get('ece_uncalibrated'))} → {fmt.num(t.get('ece'))}",
+            f"{fmt.num(t.get('brier_uncalibrated'))} → {fmt.num(t.get('brier'))}",
+        ]
+        for m in models
+        for t in [m.test]
+    ]
+    return fmt.table(["model", "TTA (8 flips/rotations)", "calibrator", "ECE", "Brier"], rows)
+
+
 def confusion_table(models: list[ModelResult]) -> str:
     """TN/FP/FN/TP at each model's operating threshold."""
     rows = [
@@ -269,6 +298,12 @@ def _results(study: Study, min_n: int, min_melanoma: int) -> list[str]:
         fmt.figure("Confusion matrices", CONFUSION),
         "",
         "### Calibration",
+        "",
+        "Each model's probabilities go through a calibrator fitted on validation after training "
+        "(`calibration.method`); the threshold is chosen on the calibrated scale. Test ECE and Brier "
+        "before → after it:",
+        "",
+        calibration_table(study.models),
         "",
         fmt.figure("Reliability diagram", CALIBRATION),
         "",
