@@ -2,6 +2,10 @@
 
 Candidates (logistic regression, random forest, gradient boosting, AdaBoost) are fitted on the
 training split and the one with the best validation ROC AUC is kept.
+
+With ``baseline.metadata`` columns, they train on [image features, encoded patient metadata]
+(``melanoma.metadata``). Metadata may be missing anywhere: gradient boosting splits on NaN natively,
+the others impute (with a missing-indicator column); at prediction, no metadata means all missing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import AdaBoostClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -22,6 +27,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 
 from melanoma.config import BaselineParams
 from melanoma.features import extract_features
+from melanoma.metadata import MetadataEncoder, usable_columns
 from melanoma.metrics import safe_auc
 
 log = logging.getLogger(__name__)
@@ -57,21 +63,54 @@ def make_candidate(name: str, params: BaselineParams, seed: int) -> ClassifierMi
     raise ValueError(f"unknown baseline candidate {name!r}")
 
 
+def make_head(name: str, params: BaselineParams, seed: int, with_metadata: bool) -> Pipeline:
+    """[imputer] -> scaler -> candidate; the imputer only when metadata (the only NaN source) is used.
+
+    Gradient boosting takes NaN as its own branch, which keeps "age unknown" informative.
+    """
+    steps: list[object] = [StandardScaler(), make_candidate(name, params, seed)]
+    if with_metadata and name != "gradient_boosting":
+        steps.insert(0, SimpleImputer(strategy="median", add_indicator=True))
+    return make_pipeline(*steps)
+
+
+def head_inputs(
+    images: np.ndarray, encoder: MetadataEncoder | None, metadata: pd.DataFrame | None
+) -> np.ndarray:
+    """The head's input matrix: image features, then the encoded metadata (None = all missing)."""
+    features = extract_features(images)
+    if encoder is None or not encoder.columns:
+        return features
+    return np.hstack([features, encoder.transform(metadata, len(features))])
+
+
 @dataclass
 class BaselineModel:
-    """Features -> scaler -> the chosen classifier."""
+    """Features (+ encoded metadata) -> [imputer] -> scaler -> the chosen classifier."""
 
     head: Pipeline
     image_size: int
     fit: str = "crop"
     candidate: str = ""
     family: str = field(default="baseline", init=False)
+    # None: image features only (also what a model saved before metadata existed unpickles to)
+    encoder: MetadataEncoder | None = None
+
+    @property
+    def metadata_columns(self) -> tuple[str, ...]:
+        """The patient metadata columns this model uses (empty: images only)."""
+        return self.encoder.columns if self.encoder is not None else ()
 
     def predict_proba(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> P(melanoma)."""
+        """uint8 (N, S, S, 3) (+ optional metadata rows, one per image) -> P(melanoma)."""
+        if metadata is not None and len(metadata) != len(images):
+            raise ValueError(
+                f"{len(images)} images but {len(metadata)} metadata rows: give one row per image"
+            )
         if len(images) == 0:
             return np.zeros(0, dtype=np.float32)
-        return self.head.predict_proba(extract_features(images))[:, 1].astype(np.float32)
+        x = head_inputs(images, self.encoder, metadata)
+        return self.head.predict_proba(x)[:, 1].astype(np.float32)
 
     def save(self, out_dir: Path) -> None:
         """Write ``model.joblib`` into ``out_dir``."""
@@ -92,17 +131,41 @@ def fit_baseline(
     seed: int,
     image_size: int,
     fit: str = "crop",
+    meta_train: pd.DataFrame | None = None,
+    meta_val: pd.DataFrame | None = None,
 ) -> tuple[BaselineModel, dict[str, float]]:
     """Fit every candidate on training features; keep the best by validation ROC AUC.
 
-    Returns the model and each candidate's validation AUC.
+    ``meta_train``/``meta_val``: the splits' metadata rows (one per image) for ``params.metadata``.
+    A configured column that the training rows lack, or hold no value of (a folder of images
+    without metadata), is left out with a warning: the default params must run on any source, and
+    the saved model records what it really uses. Returns the model and each candidate's validation AUC.
     """
-    f_train, f_val = extract_features(x_train), extract_features(x_val)
+    columns: tuple[str, ...] = ()
+    if params.metadata:
+        columns, dropped = usable_columns(
+            meta_train if meta_train is not None else pd.DataFrame(), params.metadata
+        )
+        if dropped:
+            log.warning(
+                "baseline: metadata column(s) %s have no value in the training rows; "
+                "training without them (using %s)",
+                list(dropped),
+                list(columns) or "image features only",
+            )
+    encoder = MetadataEncoder.fit(meta_train, columns) if columns else None
+    f_train, f_val = head_inputs(x_train, encoder, meta_train), head_inputs(x_val, encoder, meta_val)
+    if encoder is not None:
+        log.info(
+            "baseline: %d image features + %s",
+            f_train.shape[1] - len(encoder.feature_names),
+            encoder.feature_names,
+        )
     weights = compute_sample_weight("balanced", y_train) if params.class_weight == "balanced" else None
     scores: dict[str, float] = {}
     best: tuple[float, str, Pipeline] | None = None
     for name in params.candidates:
-        head = make_pipeline(StandardScaler(), make_candidate(name, params, seed))
+        head = make_head(name, params, seed, with_metadata=encoder is not None)
         if name == "adaboost" and weights is not None:
             head.fit(f_train, y_train, **{f"{head.steps[-1][0]}__sample_weight": weights})
         else:
@@ -113,4 +176,5 @@ def fit_baseline(
         if best is None or auc > best[0]:
             best = (auc, name, head)
     assert best is not None  # params validation guarantees at least one candidate
-    return BaselineModel(head=best[2], image_size=image_size, fit=fit, candidate=best[1]), scores
+    model = BaselineModel(head=best[2], image_size=image_size, fit=fit, candidate=best[1], encoder=encoder)
+    return model, scores
