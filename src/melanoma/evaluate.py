@@ -22,6 +22,7 @@ from melanoma.contracts import (
     split_arrays,
     write_metrics,
 )
+from melanoma.metadata import metadata_rows
 from melanoma.metrics import (
     confusion_at,
     expected_calibration_error,
@@ -214,7 +215,7 @@ def evaluate_model(
     images, _ = load_prepared(prepared_dir)
     test = load_splits(splits_dir)["test"]
     x, y = split_arrays(images, test)
-    prob = model.predict_proba(x).astype(np.float64)
+    prob = model.predict_proba(x, metadata_rows(test)).astype(np.float64)
     groups = test["group"].astype(str).to_numpy() if "group" in test else test["isic_id"].to_numpy()
     threshold = float(info["threshold"])
     metrics = score_metrics(y, prob, groups, threshold, params, seed)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from melanoma import atomic
 from melanoma.config import Params, flatten
@@ -23,6 +24,7 @@ from melanoma.contracts import (
     write_model_json,
 )
 from melanoma.errors import DataError
+from melanoma.metadata import metadata_rows
 from melanoma.metrics import choose_threshold, confusion_at, rates, safe_ap, safe_auc
 from melanoma.models import ImageClassifier
 from melanoma.tracking import FINGERPRINT_TAG, Tracking, log_split_inputs, run_tags, set_experiment
@@ -43,12 +45,16 @@ def fit_model(
     keras_home: Path | None = None,
     member_dirs: Mapping[str, Path] | None = None,
     expected_data: Mapping[str, str] | None = None,
+    meta_train: pd.DataFrame | None = None,
+    meta_val: pd.DataFrame | None = None,
 ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Dispatch to the model family; return the model and family-specific info to record.
 
     The deep models get one ``LoopSettings``, built here once from ``train.*`` and ``base.seed``.
     The ensemble is fitted on validation only, from the trained members' folders (``member_dirs``,
     name -> folder); ``expected_data`` (today's data hashes) refuses members trained on other data.
+    ``meta_train``/``meta_val``: the splits' patient metadata rows (used by the baseline when
+    ``baseline.metadata`` names columns).
     """
     size, fit, seed = params.prepare.image_size, params.prepare.fit, params.base.seed
     if name == "ensemble":
@@ -62,8 +68,14 @@ def fit_model(
     if name == "baseline":
         from melanoma.models.baseline import fit_baseline
 
-        model, scores = fit_baseline(x_train, y_train, x_val, y_val, params.baseline, seed, size, fit)
-        return model, {"candidate": model.candidate, "candidate_val_auc": scores}
+        model, scores = fit_baseline(
+            x_train, y_train, x_val, y_val, params.baseline, seed, size, fit,
+            meta_train=meta_train, meta_val=meta_val,
+        )  # fmt: skip
+        info: dict[str, Any] = {"candidate": model.candidate, "candidate_val_auc": scores}
+        if model.encoder is not None:
+            info["metadata"] = model.encoder.describe()  # the columns and categories it uses
+        return model, info
     if name not in ("cnn", "transfer"):
         raise DataError(f"unknown model {name!r}; expected one of baseline, cnn, transfer, ensemble")
     import tensorflow as tf
@@ -138,6 +150,7 @@ def train_model(
     frames = load_splits(splits_dir)
     x_train, y_train = split_arrays(images, frames["train"])
     x_val, y_val = split_arrays(images, frames["val"])
+    meta_train, meta_val = metadata_rows(frames["train"]), metadata_rows(frames["val"])
     for split, y in (("train", y_train), ("val", y_val)):
         if len(np.unique(y)) < 2:
             raise DataError(f"the {split} split has only one class; re-run split with more data")
@@ -171,9 +184,11 @@ def train_model(
             keras_home=keras_home,
             member_dirs=member_dirs,
             expected_data=hashes,
+            meta_train=meta_train,
+            meta_val=meta_val,
         )
         history = family_info.pop("history", None)
-        p_val = model.predict_proba(x_val)
+        p_val = model.predict_proba(x_val, meta_val)
         threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
         cm = confusion_at(y_val, p_val, threshold)
         val_metrics = {"val_roc_auc": safe_auc(y_val, p_val), "val_pr_auc": safe_ap(y_val, p_val)}
