@@ -2,6 +2,12 @@
 
 It resizes with ``melanoma.images`` (the code ``prepare`` uses), so ``mlflow models serve`` and
 the app need nothing beyond this package.
+
+Patient metadata is optional and goes in MLflow inference ``params``: ``age_approx`` (numbers),
+``sex`` and ``site`` (strings), each a list with one entry per image in input order (null or ""
+for a missing value), e.g. ``predict(images, params={"age_approx": [55, None], "sex": ["male", ""]})``.
+Omitted lists mean "not given": images alone always work, and a model that uses no metadata
+ignores them. A list of another length than the batch is refused.
 """
 
 from __future__ import annotations
@@ -11,18 +17,31 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow.models import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from melanoma.images import resize_batch
+from melanoma.metadata import metadata_frame
 
 MODEL_DIR_ARTIFACT = "model_dir"
 
 
+def metadata_params() -> ParamSchema:
+    """The optional per-image metadata params (list params; the empty default = not given)."""
+    return ParamSchema(
+        [
+            ParamSpec("age_approx", "double", [], (-1,)),
+            ParamSpec("sex", "string", [], (-1,)),
+            ParamSpec("site", "string", [], (-1,)),
+        ]
+    )
+
+
 def image_signature() -> ModelSignature:
-    """uint8 (N, H, W, 3) images in, float32 (N,) probabilities out."""
+    """uint8 (N, H, W, 3) images (+ optional metadata params) in, float32 (N,) probabilities out."""
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
+        params=metadata_params(),
     )
 
 
@@ -36,9 +55,10 @@ class MelanomaPyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_model(self.model_dir)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:  # noqa: ANN001
-        """uint8 (N, H, W, 3) or a list of HxWx3 arrays -> float32 (N,)."""
+        """uint8 (N, H, W, 3) or a list of HxWx3 arrays (+ metadata ``params``) -> float32 (N,)."""
         if isinstance(model_input, np.ndarray) and model_input.ndim == 3:
             model_input = model_input[None]
         size = self.model.image_size
         batch = resize_batch(model_input, size, self.model.fit)
-        return self.model.predict_proba(batch).astype(np.float32)
+        metadata = metadata_frame(params or {}, len(batch), where="pyfunc params")
+        return self.model.predict_proba(batch, metadata).astype(np.float32)

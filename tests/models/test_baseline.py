@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import lesion_image
@@ -82,3 +83,90 @@ def test_two_seeded_fits_save_identical_bytes(tmp_path: Path) -> None:
         (tmp_path / run).mkdir()
         model.save(tmp_path / run)
     assert (tmp_path / "a" / "model.joblib").read_bytes() == (tmp_path / "b" / "model.joblib").read_bytes()
+
+
+def metadata_set(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Images that say nothing about the label; age and site that do (with gaps and odd spellings)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    x = np.stack([np.asarray(lesion_image(rng, bool(rng.random() < 0.5), 24, 24)) for _ in range(n)])
+    age = np.where(y == 1, rng.normal(70, 6, n), rng.normal(35, 8, n)).round()
+    site = np.where(y == 1, "Lower extremity", rng.choice(["Trunk", "lower extremity"], n))
+    meta = pd.DataFrame(
+        {
+            "age_approx": [str(a) if rng.random() > 0.2 else "" for a in age],  # 20% unknown
+            "sex": rng.choice(["male", "female", ""], n),
+            "site": [s if rng.random() > 0.2 else "" for s in site],
+        }
+    )
+    return x, y, meta
+
+
+@pytest.mark.parametrize(
+    "candidate", ["logistic_regression", "random_forest", "gradient_boosting", "adaboost"]
+)
+def test_metadata_is_used_with_missing_values_and_images_alone_still_predict(candidate: str) -> None:
+    x_tr, y_tr, m_tr = metadata_set(160, 10)
+    x_te, y_te, m_te = metadata_set(80, 11)
+    params = BaselineParams(candidates=(candidate,), n_estimators=20, metadata=("age_approx", "sex", "site"))
+    model, _ = fit_baseline(x_tr, y_tr, x_tr, y_tr, params, 0, 24, meta_train=m_tr, meta_val=m_tr)
+    assert model.metadata_columns == ("age_approx", "sex", "site")
+    assert model.encoder is not None and model.encoder.categories["site"] == ("lower extremity", "trunk")
+    assert safe_auc(y_te, model.predict_proba(x_te, m_te)) > 0.85  # the images alone carry no signal
+    alone = model.predict_proba(x_te)  # no metadata at all: every value missing, still a probability
+    assert alone.shape == (80,) and np.isfinite(alone).all() and ((alone >= 0) & (alone <= 1)).all()
+    partial = model.predict_proba(x_te, m_te[["sex"]])  # only some columns
+    assert partial.shape == (80,) and np.isfinite(partial).all()
+    with pytest.raises(ValueError, match="80 images but 79 metadata rows"):
+        model.predict_proba(x_te, m_te.iloc[:79])
+
+
+def test_configured_columns_without_values_are_dropped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    x, y, meta = metadata_set(60, 12)
+    meta["sex"] = ""  # e.g. a source that records age and site only
+    params = BaselineParams(candidates=("gradient_boosting",), n_estimators=10, metadata=("sex", "site"))
+    model, _ = fit_baseline(x, y, x, y, params, 0, 24, meta_train=meta, meta_val=meta)
+    assert model.metadata_columns == ("site",)
+    assert "['sex'] have no value in the training rows" in caplog.text
+    # a folder of images without metadata (no columns at all): the image-only model, as by default
+    bare, _ = fit_baseline(x, y, x, y, params, 0, 24)
+    assert bare.encoder is None and bare.metadata_columns == ()
+
+
+def test_pyfunc_round_trip_with_and_without_metadata(tmp_path: Path) -> None:
+    import mlflow
+
+    from melanoma.images import resize_batch
+    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
+
+    x_tr, y_tr, m_tr = metadata_set(120, 13)
+    params = BaselineParams(
+        candidates=("gradient_boosting",), n_estimators=20, metadata=("age_approx", "site")
+    )
+    model, _ = fit_baseline(x_tr, y_tr, x_tr, y_tr, params, 0, 24, meta_train=m_tr, meta_val=m_tr)
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    model.save(folder)
+    (folder / "model.json").write_text('{"family": "baseline", "image_size": 24}')
+    mlflow.pyfunc.save_model(
+        tmp_path / "pyfunc",
+        python_model=MelanomaPyfunc(),
+        artifacts={MODEL_DIR_ARTIFACT: str(folder)},
+        signature=image_signature(),
+        pip_requirements=["mlflow"],  # skips requirement inference (a slow subprocess)
+    )
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
+    rng = np.random.default_rng(0)
+    raw = np.stack([np.asarray(lesion_image(rng, False, 40, 30)) for _ in range(3)])  # raw sizes: resized
+    pixels = resize_batch(raw, 24)
+    meta = {"age_approx": [75.0, 30.0, None], "site": ["lower extremity", "Trunk", ""]}
+
+    alone = np.asarray(loaded.predict(raw))  # images only: unchanged usage
+    assert np.allclose(alone, model.predict_proba(pixels), atol=1e-6)
+    given = np.asarray(loaded.predict(raw, params=meta))
+    assert np.allclose(given, model.predict_proba(pixels, pd.DataFrame(meta)), atol=1e-6)
+    assert given[0] > given[1]  # the old patient's leg lesion vs the young patient's trunk
+    with pytest.raises(ValueError, match=r"age_approx has 2 value\(s\) for 3 image\(s\)"):
+        loaded.predict(raw, params={"age_approx": [75.0, 30.0]})
