@@ -25,8 +25,18 @@ from melanoma.contracts import (
 )
 from melanoma.errors import DataError
 from melanoma.metadata import metadata_rows
-from melanoma.metrics import choose_threshold, confusion_at, rates, safe_ap, safe_auc
+from melanoma.metrics import (
+    brier,
+    choose_threshold,
+    confusion_at,
+    expected_calibration_error,
+    rates,
+    safe_ap,
+    safe_auc,
+)
 from melanoma.models import ImageClassifier
+from melanoma.models.calibration import CalibratedClassifier, fit_calibrator
+from melanoma.models.tta import TTAClassifier
 from melanoma.tracking import FINGERPRINT_TAG, Tracking, log_split_inputs, run_tags, set_experiment
 
 log = logging.getLogger(__name__)
@@ -100,12 +110,59 @@ def fit_model(
     )  # fmt: skip
 
 
+def tta_and_calibration(
+    name: str,
+    model: ImageClassifier,
+    family_info: dict[str, Any],
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    meta_val: pd.DataFrame | None,
+    params: Params,
+) -> tuple[CalibratedClassifier, np.ndarray, dict[str, Any]]:
+    """After fit: TTA when the family's section says ``tta``, then a calibrator fitted on validation.
+
+    Returns the wrapped model, its calibrated validation probabilities and what model.json records:
+    ``tta``, ``calibration`` (method + fitted values) and, under ``val``, ECE and Brier before/after.
+    A family may hand back out-of-fold validation probabilities (``val_proba_oof``, popped here):
+    its in-sample ones would be optimistic, and a calibrator fitted on them would be too confident.
+    """
+    tta = bool(getattr(getattr(params, name, None), "tta", False))
+    if tta:
+        model = TTAClassifier(model)
+    p_raw = family_info.pop("val_proba_oof", None)
+    if p_raw is None:
+        p_raw = model.predict_proba(x_val, meta_val)
+    p_raw = np.asarray(p_raw, dtype=np.float64).reshape(-1)
+    if len(p_raw) != len(y_val):
+        raise DataError(f"{name}: {len(p_raw)} validation probabilities for {len(y_val)} images")
+    calibrator = fit_calibrator(params.calibration.method, y_val, p_raw)
+    p_val = calibrator.apply(p_raw)
+    bins = params.evaluate.calibration_bins
+    # val_ece/val_brier are in-sample for the calibrator (fitted on these very labels; isotonic
+    # reaches ECE 0): the test ones in evaluate are the honest before/after.
+    val = {
+        "val_ece_uncalibrated": expected_calibration_error(y_val, p_raw, bins),
+        "val_brier_uncalibrated": brier(y_val, p_raw),
+        "val_ece": expected_calibration_error(y_val, p_val, bins),
+        "val_brier": brier(y_val, p_val),
+    }
+    log.info(
+        "train@%s: %s calibration on validation: ECE %.4f -> %.4f, Brier %.4f -> %.4f%s",
+        name, calibrator.method, val["val_ece_uncalibrated"], val["val_ece"],
+        val["val_brier_uncalibrated"], val["val_brier"], " (TTA)" if tta else "",
+    )  # fmt: skip
+    record = {"tta": tta, "calibration": calibrator.to_dict(), "val": val}
+    return CalibratedClassifier(model, calibrator), p_val, record
+
+
 def logged_params(name: str, params: Params) -> dict[str, Any]:
     """The params a run of ``name`` depends on, flattened with dotted keys."""
     out = {
         **flatten(params.base, "base."),
         **flatten(params.prepare, "prepare."),
         **flatten(params.split, "split."),
+        **flatten(params.calibration, "calibration."),
+        "evaluate.calibration_bins": params.evaluate.calibration_bins,  # the val ECE's bins
     }
     out.update(
         flatten(params.train, "train.")
@@ -188,11 +245,13 @@ def train_model(
             meta_val=meta_val,
         )
         history = family_info.pop("history", None)
-        p_val = model.predict_proba(x_val, meta_val)
+        model, p_val, post = tta_and_calibration(name, model, family_info, x_val, y_val, meta_val, params)
+        # The operating point and every validation metric are on the calibrated scale.
         threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
         cm = confusion_at(y_val, p_val, threshold)
         val_metrics = {"val_roc_auc": safe_auc(y_val, p_val), "val_pr_auc": safe_ap(y_val, p_val)}
         val_metrics.update({f"val_{k}": v for k, v in rates(cm).items()})
+        val_metrics.update(post.pop("val"))
         info: dict[str, Any] = {
             "name": name,
             "family": model.family,
@@ -209,6 +268,7 @@ def train_model(
             "n_train": int(len(y_train)),
             "n_val": int(len(y_val)),
             "data": hashes,
+            **post,
             **family_info,
         }
         log.info("train@%s: val AUC %.4f, threshold %.4f", name, val_metrics["val_roc_auc"], threshold)
