@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from melanoma.config import MODEL_NAMES, Params, load_params
+from melanoma.config import MODEL_NAMES, IngestParams, Params, load_params
 from melanoma.errors import MelanomaError
 
 log = logging.getLogger("melanoma")
@@ -21,6 +21,7 @@ log = logging.getLogger("melanoma")
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
 SPLITS_DIR = Path("data/splits")
+EXTERNAL_DIR = Path("data/external")
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("reports/metrics")
 PLOTS_DIR = Path("reports/plots")
@@ -64,47 +65,87 @@ def _tracking(params: Params):  # noqa: ANN202 - avoids importing mlflow at star
     )
 
 
-def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
+def ingest_source(out: Path, ing: IngestParams, seed: int, section: str = "ingest") -> dict:
+    """Import ``ing.source`` into the raw layout at ``out``; the one dispatch of ingest and external.
+
+    ``section`` names the params section in messages (``ingest`` or ``external``). Raises
+    IncompleteError when items failed, unless ``ing.allow_partial``.
+    """
     from melanoma import atomic
-    from melanoma.errors import IncompleteError
+    from melanoma.errors import DataError, IncompleteError
 
-    ing = params.ingest
-    if ing.source == "synthetic":
-        from melanoma.sources.synthetic import generate_synthetic
+    try:
+        if ing.source == "synthetic":
+            from melanoma.sources.synthetic import generate_synthetic
 
-        with atomic.atomic_dir(args.out) as tmp:
-            report = generate_synthetic(tmp, ing.synthetic, params.base.seed, ing.workers)
-    elif ing.source == "isic":
-        from melanoma.sources.isic import download_isic
+            with atomic.atomic_dir(out) as tmp:
+                report = generate_synthetic(tmp, ing.synthetic, seed, ing.workers)
+        elif ing.source == "isic":
+            from melanoma.sources.isic import download_isic
 
-        # Downloads in place (each file atomically), so a killed run resumes where it stopped.
-        report = download_isic(args.out, ing.isic)
-    elif ing.source == "folder":
-        from melanoma.sources.folder import import_folder
+            # Downloads in place (each file atomically), so a killed run resumes where it stopped.
+            report = download_isic(out, ing.isic)
+        elif ing.source == "folder":
+            from melanoma.sources.folder import import_folder
 
-        with atomic.atomic_dir(args.out) as tmp:
-            report = import_folder(tmp, ing.folder, params.base.seed)
-    else:
-        from melanoma.sources.challenge import import_challenge
+            with atomic.atomic_dir(out) as tmp:
+                report = import_folder(tmp, ing.folder, seed)
+        elif ing.source == "challenge":
+            from melanoma.sources.challenge import import_challenge
 
-        with atomic.atomic_dir(args.out) as tmp:
-            report = import_challenge(tmp, ing.challenge)
+            with atomic.atomic_dir(out) as tmp:
+                report = import_challenge(tmp, ing.challenge)
+        else:
+            raise DataError(f"{section}.source {ing.source!r}: not an importable source")
+    except DataError as exc:
+        if section == "ingest":
+            raise
+        # The importers name their keys as under ingest:; here the same keys are under external:.
+        raise DataError(str(exc).replace("ingest.", f"{section}.")) from exc
     failures = report.get("failures", [])
     log.info(
-        "ingest (%s): %s images in %s, %d failed",
+        "%s (%s): %s images in %s, %d failed",
+        section,
         ing.source,
         report.get("n_images", "?"),
-        args.out,
+        out,
         len(failures),
     )
     if failures:
         for f in failures[:10]:
-            log.error("ingest failure: %s", f)
+            log.error("%s failure: %s", section, f)
         if not ing.allow_partial:
             raise IncompleteError(
-                f"ingest: {len(failures)} item(s) failed (listed in {args.out}/ingest_report.json); "
-                "fix the input or rerun to retry downloads, or set ingest.allow_partial: true to continue without them"
+                f"{section}: {len(failures)} item(s) failed (listed in {out}/ingest_report.json); "
+                f"fix the input or rerun to retry downloads, or set {section}.allow_partial: true to "
+                "continue without them"
             )
+    return report
+
+
+def cmd_ingest(params: Params, args: argparse.Namespace) -> None:
+    ingest_source(args.out, params.ingest, params.base.seed)
+
+
+def cmd_external(params: Params, args: argparse.Namespace) -> None:
+    import tempfile
+
+    from melanoma.external import finish_external, write_no_external
+    from melanoma.prepare import prepare
+
+    ext = params.external
+    if ext.source == "none":
+        write_no_external(args.out)
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Scratch raw and prepared folders next to the output (same disk), removed afterwards: only the
+    # guarded, prepared set is the stage's output.
+    with tempfile.TemporaryDirectory(prefix=f".{args.out.name}-work-", dir=args.out.parent) as work:
+        raw, prepared = Path(work) / "raw", Path(work) / "prepared"
+        ingest_report = ingest_source(raw, ext, ext.seed, section="external")
+        prepare(raw, prepared, params.prepare)
+        finish_external(raw, prepared, args.prepared, args.out, source=ext.source,
+                        name=ext.name or ext.source, ingest_report=ingest_report)  # fmt: skip
 
 
 def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
@@ -155,6 +196,7 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         params.evaluate,
         params.base.seed,
         _tracking(params),
+        external_dir=args.external,
     )
 
 
@@ -286,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=PREPARED_DIR)
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser(
+        "external", help="import, prepare and leakage-guard the external test set into data/external"
+    )
+    p.add_argument("--prepared", type=Path, default=PREPARED_DIR, help="the training data (leakage guard)")
+    p.add_argument("--out", type=Path, default=EXTERNAL_DIR)
+    p.set_defaults(func=cmd_external)
+
     p = sub.add_parser("split", help="patient-grouped stratified train/val/test split")
     p.add_argument("--prepared", type=Path, default=PREPARED_DIR)
     p.add_argument("--out", type=Path, default=SPLITS_DIR)
@@ -300,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", type=Path, default=None)
         else:
             p.add_argument("--model-dir", type=Path, default=None)
+            p.add_argument("--external", type=Path, default=EXTERNAL_DIR, help="the external stage's output")
         p.set_defaults(func=func)
 
     p = sub.add_parser("register", help="register the best model (validation AUC); promote it by the rule")

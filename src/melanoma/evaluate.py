@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from melanoma import atomic
 from melanoma.config import EvaluateParams
 from melanoma.contracts import (
+    ExternalSet,
+    load_external,
     load_prepared,
     load_splits,
     model_fingerprint,
@@ -22,8 +25,10 @@ from melanoma.contracts import (
     split_arrays,
     write_metrics,
 )
+from melanoma.errors import DataError
 from melanoma.metadata import metadata_rows
 from melanoma.metrics import (
+    brier,
     confusion_at,
     expected_calibration_error,
     grouped_bootstrap_ci,
@@ -36,6 +41,7 @@ from melanoma.metrics import (
     spec_at_sens,
 )
 from melanoma.models import load_model
+from melanoma.models.calibration import raw_and_calibrated
 from melanoma.tracking import Tracking, find_model_run
 
 log = logging.getLogger(__name__)
@@ -57,9 +63,20 @@ def _clean(obj: Any) -> Any:
 
 
 def score_metrics(
-    y: np.ndarray, prob: np.ndarray, groups: np.ndarray, threshold: float, params: EvaluateParams, seed: int
+    y: np.ndarray,
+    prob: np.ndarray,
+    groups: np.ndarray,
+    threshold: float,
+    params: EvaluateParams,
+    seed: int,
+    raw: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """All scalar test metrics, with patient-grouped bootstrap CIs for ROC AUC and PR AUC."""
+    """All scalar test metrics, with patient-grouped bootstrap CIs for ROC AUC and PR AUC.
+
+    ``raw``: the model's probabilities before calibration (``prob`` when None), for
+    ``ece_uncalibrated`` and ``brier_uncalibrated`` beside ``ece`` and ``brier``.
+    """
+    raw = prob if raw is None else raw
     cm = confusion_at(y, prob, threshold)
     out: dict[str, Any] = {
         "n": int(len(y)),
@@ -72,8 +89,10 @@ def score_metrics(
         "threshold": threshold,
         **rates(cm),
         **cm,
-        "brier": float(np.mean((prob - y) ** 2)),
+        "brier": brier(y, prob),
         "ece": expected_calibration_error(y, prob, params.calibration_bins),
+        "brier_uncalibrated": brier(y, raw),
+        "ece_uncalibrated": expected_calibration_error(y, raw, params.calibration_bins),
     }
     for name, fn in (("roc_auc", safe_auc), ("pr_auc", safe_ap), ("pauc_80", pauc_80)):
         lo, hi = grouped_bootstrap_ci(y, prob, groups, fn, params.bootstrap, params.ci, seed)
@@ -126,9 +145,9 @@ def subgroup_metrics(
 
 
 def plot_data(
-    y: np.ndarray, prob: np.ndarray, threshold: float, bins: int
+    y: np.ndarray, prob: np.ndarray, threshold: float, bins: int, raw: np.ndarray | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    """DVC plot series: ROC, PR, confusion rows, calibration."""
+    """DVC plot series: ROC, PR, confusion rows, calibration (and before calibration, given ``raw``)."""
     fpr, tpr, thr = roc_curve(y, prob)
     precision, recall, pthr = precision_recall_curve(y, prob)
     pred = (prob >= threshold).astype(int)
@@ -146,6 +165,7 @@ def plot_data(
             for a, b in zip(y, pred, strict=True)
         ],
         "calibration": reliability(y, prob, bins),
+        **({} if raw is None else {"calibration_uncalibrated": reliability(y, raw, bins)}),
     }
 
 
@@ -205,23 +225,31 @@ def evaluate_model(
     params: EvaluateParams,
     seed: int,
     tracking: Tracking | None = None,
+    external_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Score the test split; write metrics JSON and plot data; log to the training run in MLflow.
 
     The training run is found by the model folder's content fingerprint (``tracking`` None: no logging).
+    With ``external_dir`` (the external stage's output) the external set, when there is one, is
+    scored the same way: an ``external`` block in the metrics and ``external_*`` plot data.
     """
     info = read_model_json(model_dir)
     model = load_model(model_dir)
     images, _ = load_prepared(prepared_dir)
     test = load_splits(splits_dir)["test"]
     x, y = split_arrays(images, test)
-    prob = model.predict_proba(x, metadata_rows(test)).astype(np.float64)
+    # one prediction gives both scales: the calibrator runs on the inner model's raw output
+    raw, prob = raw_and_calibrated(model, x, metadata_rows(test))
     groups = test["group"].astype(str).to_numpy() if "group" in test else test["isic_id"].to_numpy()
     threshold = float(info["threshold"])
-    metrics = score_metrics(y, prob, groups, threshold, params, seed)
-    series = plot_data(y, prob, threshold, params.calibration_bins)
+    metrics = score_metrics(y, prob, groups, threshold, params, seed, raw=raw)
+    series = plot_data(y, prob, threshold, params.calibration_bins, raw=raw)
     subgroups = subgroup_metrics(test, y, prob, threshold)
     result = _clean({"model": name, "test": metrics, "val": info.get("val", {})})
+    ext = load_external(external_dir) if external_dir is not None else None
+    external = score_external(model, ext, info, threshold, params, seed) if ext is not None else None
+    if external is not None:
+        result["external"] = _clean(external.metrics)
 
     with atomic.atomic_dir(plots_dir) as tmp:
         for key, rows in series.items():
@@ -231,6 +259,8 @@ def evaluate_model(
             tmp / "predictions.csv", index=False
         )
         save_figures(tmp, name, series, metrics)
+        if external is not None:
+            external.write(tmp)
     write_metrics(metrics_path, result)
     log.info(
         "evaluate@%s: test ROC AUC %.4f [%.4f, %.4f], sensitivity %.3f, specificity %.3f",
@@ -241,13 +271,77 @@ def evaluate_model(
         metrics["sensitivity"],
         metrics["specificity"],
     )
+    if external is not None:
+        e = external.metrics
+        log.info("evaluate@%s: external %r ROC AUC %.4f [%.4f, %.4f] on %d images", name, e["name"],
+                 e["roc_auc"], e["roc_auc_ci_low"], e["roc_auc_ci_high"], e["n"])  # fmt: skip
     if tracking is not None:
-        _log_to_mlflow(tracking, model_fingerprint(model_dir), metrics, plots_dir)
+        extra = {} if external is None else external.mlflow_metrics()
+        _log_to_mlflow(tracking, model_fingerprint(model_dir), metrics, plots_dir, extra)
     return result
 
 
-def _log_to_mlflow(tracking: Tracking, fingerprint: str, metrics: dict[str, Any], plots_dir: Path) -> None:
-    """Add test metrics and plots to the model's training run."""
+@dataclass(frozen=True)
+class ExternalScore:
+    """The external set's metrics (with its name and leakage count), plot series and predictions."""
+
+    metrics: dict[str, Any]
+    series: dict[str, list[dict[str, Any]]]  # contracts.EXTERNAL_PLOT_SERIES
+    predictions: pd.DataFrame
+
+    def write(self, plots_dir: Path) -> None:
+        """external_roc.json, external_prc.json and external_predictions.csv beside the test's."""
+        for key, rows in self.series.items():
+            atomic.write_json(plots_dir / f"{key}.json", _clean(rows))
+        self.predictions.to_csv(plots_dir / "external_predictions.csv", index=False)
+
+    def mlflow_metrics(self) -> dict[str, Any]:
+        """The numeric metrics as ``external_<key>`` (the test's are logged as ``test_<key>``)."""
+        return {f"external_{k}": v for k, v in self.metrics.items() if _finite(v)}
+
+
+def external_groups(index: pd.DataFrame) -> np.ndarray:
+    """Bootstrap groups of the external set: the patient, else the lesion, else the image itself."""
+    groups = "image:" + index["isic_id"].astype(str)
+    for col in ("lesion_id", "patient_id"):  # patient last: it wins where both are known
+        if col in index:
+            ids = index[col].fillna("").astype(str)
+            groups = groups.where(ids == "", col + ":" + ids)
+    return groups.to_numpy()
+
+
+def score_external(
+    model: Any, ext: ExternalSet, info: dict[str, Any], threshold: float, params: EvaluateParams, seed: int
+) -> ExternalScore:
+    """Score a model on the external set with the test's metrics, threshold and grouped bootstrap."""
+    size = ext.images.shape[1] if ext.images.ndim == 4 else None
+    if "image_size" in info and size != int(info["image_size"]):
+        raise DataError(
+            f"the external set {ext.name!r} holds {size} px images but the model expects "
+            f"{info['image_size']} px: rerun the external stage with the model's prepare params"
+        )
+    y = ext.index["label"].to_numpy().astype(np.int64)
+    raw, prob = raw_and_calibrated(model, np.asarray(ext.images), metadata_rows(ext.index))
+    scores = score_metrics(y, prob, external_groups(ext.index), threshold, params, seed, raw=raw)
+    metrics = {
+        "name": ext.name,
+        "source": ext.report.get("source"),
+        "n_dropped_in_training": ext.report.get("n_dropped_in_training"),
+        **scores,
+    }
+    full = plot_data(y, prob, threshold, params.calibration_bins)
+    predictions = pd.DataFrame({"isic_id": ext.index["isic_id"], "label": y, "prob": prob})
+    return ExternalScore(metrics, {"external_roc": full["roc"], "external_prc": full["prc"]}, predictions)
+
+
+def _log_to_mlflow(
+    tracking: Tracking,
+    fingerprint: str,
+    metrics: dict[str, Any],
+    plots_dir: Path,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Add test metrics (as ``test_<key>``), ``extra`` metrics (named as given) and plots to the training run."""
     import mlflow
 
     run_id = find_model_run(tracking, fingerprint)
@@ -268,7 +362,11 @@ def _log_to_mlflow(tracking: Tracking, fingerprint: str, metrics: dict[str, Any]
     stamp = int(time.time() * 1000)
     client.log_batch(
         run_id,
-        metrics=[Metric(f"test_{k}", float(v), stamp, 0) for k, v in metrics.items() if _finite(v)],
+        metrics=[
+            Metric(k, float(v), stamp, 0)
+            for k, v in [*((f"test_{k}", v) for k, v in metrics.items()), *(extra or {}).items()]
+            if _finite(v)
+        ],
     )
     client.log_artifacts(run_id, str(plots_dir), artifact_path="evaluation")
 
