@@ -83,19 +83,38 @@ def _test_metrics(seed: int) -> dict[str, Any]:
             "ece_uncalibrated": d(0.1, 0.2)}  # fmt: skip
 
 
+EXTERNAL_NAME = "ISIC 2019 test"  # a name with a number: numbers inside source strings trace too
+
+
+def _external_metrics(seed: int, threshold: float) -> dict[str, Any]:
+    """The external block evaluate writes: the test's keys on another set, at the same threshold."""
+    counts = {"n": 157, "n_melanoma": 23, "prevalence": 0.146497, "tn": 96, "fp": 38, "fn": 5, "tp": 18}
+    return {"name": EXTERNAL_NAME, "source": "challenge", "n_dropped_in_training": 4,
+            **_test_metrics(seed + 50), **counts, "threshold": threshold}  # fmt: skip
+
+
 def _model(
     root: Path, name: str, seed: int, info: dict[str, Any], history: list[dict[str, Any]] | None
 ) -> float:
     """Write one model's folder, metrics and plot series; return its test ROC AUC."""
     model_dir, test, d = root / "models" / name, _test_metrics(seed), _draws(seed + 100)
+    external = _external_metrics(seed, test["threshold"])
     base = {"name": name, "image_size": 8, "fit": "crop", "threshold": test["threshold"],
             "threshold_rule": "sensitivity>=0.9", "n_train": 6, "n_val": 2,
             "val": {"val_roc_auc": d(0.7, 0.9), "val_sensitivity": d(0.9, 1.0), "val_specificity": d(0.4, 0.6)}}  # fmt: skip
     contracts.write_model_json(model_dir, {**base, **info})
     if history is not None:
         contracts.write_history(model_dir, history)
-    contracts.write_metrics(root / f"reports/metrics/{name}.json", {"model": name, "test": test})
+    contracts.write_metrics(
+        root / f"reports/metrics/{name}.json", {"model": name, "test": test, "external": external}
+    )
     plots = root / "reports/plots" / name
+    atomic.write_json(plots / "external_roc.json", [{"fpr": 0.0, "tpr": 0.0}, {"fpr": 0.41, "tpr": 0.73},
+                                                    {"fpr": 1.0, "tpr": 1.0}])  # fmt: skip
+    atomic.write_json(
+        plots / "external_prc.json",
+        [{"recall": 1.0, "precision": 0.146}, {"recall": 0.43, "precision": 0.52}],
+    )
     atomic.write_json(
         plots / "roc.json", [{"fpr": 0.0, "tpr": 0.0}, {"fpr": 0.3, "tpr": 0.8}, {"fpr": 1.0, "tpr": 1.0}]
     )
@@ -240,6 +259,10 @@ def _test(root: Path, name: str) -> dict[str, Any]:
     return json.loads((root / f"reports/metrics/{name}.json").read_text())["test"]
 
 
+def _external(root: Path, name: str) -> dict[str, Any]:
+    return json.loads((root / f"reports/metrics/{name}.json").read_text())["external"]
+
+
 def _prepare(root: Path) -> dict[str, Any]:
     return json.loads((root / "data/prepared/prepare_report.json").read_text())
 
@@ -267,6 +290,8 @@ def test_every_linked_figure_exists_and_is_a_png(built: Path) -> None:
         "confusion.png",
         "calibration.png",
         "training_cnn.png",
+        "external_roc.png",
+        "external_prc.png",
     } <= linked
 
 
@@ -319,6 +344,54 @@ def test_calibration_table_shows_ece_and_brier_before_and_after(built: Path) -> 
         and rows["cnn"]["TTA (8 flips/rotations)"] == "on"
     )
     assert rows["baseline"]["calibrator"] == "Platt, slope 0.812, intercept -0.205"
+
+
+def _ci(t: dict[str, Any], key: str) -> str:
+    return f"{fmt3(t[key])} [{fmt3(t[f'{key}_ci_low'])}, {fmt3(t[f'{key}_ci_high'])}]"
+
+
+def test_internal_test_and_external_set_side_by_side(built: Path) -> None:
+    readme = (built / "reports/README.md").read_text()
+    card = (built / "reports/model_card.md").read_text()
+    for doc in (readme, card):
+        rows = table_with(doc.split("## External validation")[1], "data")
+        assert [(r["model"], r["data"]) for r in rows] == [
+            (m, d) for m in MODELS for d in ("internal test", f"external: {EXTERNAL_NAME}")
+        ]
+        for r in rows:
+            t = _test(built, r["model"]) if r["data"] == "internal test" else _external(built, r["model"])
+            assert (r["images"], r["melanoma"]) == (fmt3(t["n"]), fmt3(t["n_melanoma"]))
+            assert (r["ROC AUC [CI]"], r["PR AUC [CI]"]) == (_ci(t, "roc_auc"), _ci(t, "pr_auc"))
+            assert (r["sensitivity"], r["specificity"]) == (fmt3(t["sensitivity"]), fmt3(t["specificity"]))
+            assert r["threshold"] == fmt3(_test(built, r["model"])["threshold"])  # the same operating point
+    e = _external(built, "baseline")
+    assert (
+        f"External set **{EXTERNAL_NAME}** (source `challenge`): {e['n']} images, {e['n_melanoma']} melanoma"
+        in readme
+    )
+    assert f"{e['n_dropped_in_training']} images also in the training data" in readme
+    # a stale or typo'd external number is caught by the trace check like any other
+    cell = _ci(e, "roc_auc")
+    assert cell in readme and untraced(readme.replace(cell, "0.998 [0.9, 1.0]"), built) >= {"0.998"}
+
+
+def test_without_an_external_set_the_report_says_so(tmp_path: Path) -> None:
+    root = build_inputs(tmp_path)
+    for name in MODELS:
+        path = root / f"reports/metrics/{name}.json"
+        metrics = json.loads(path.read_text())
+        del metrics["external"]
+        path.write_text(json.dumps(metrics))
+        for f in (root / "reports/plots" / name).glob("external_*"):
+            f.unlink()  # as evaluate writes them: absent when there is no external set
+    run_report(root)
+    readme = (root / "reports/README.md").read_text()
+    card = (root / "reports/model_card.md").read_text()
+    for doc in (readme, card):
+        assert "No external set was scored (`external.source: none` in params.yaml)" in doc
+        assert "external: " not in doc
+    assert not list((root / "reports/figures").glob("external_*"))
+    assert untraced(readme, root) == set()
 
 
 def test_small_subgroups_are_flagged_not_hidden(built: Path) -> None:
@@ -383,7 +456,7 @@ def test_same_inputs_give_identical_bytes_anywhere(built: Path, tmp_path: Path) 
     "missing",
     ["data/prepared/prepare_report.json", "data/splits/split_report.json", "data/raw/ingest_report.json",
      "data/raw/attribution.txt", "reports/registry.json", "models/cnn/model.json", "reports/metrics/baseline.json",
-     "reports/plots/cnn/subgroups.json", "data/prepared/images.npy"],
+     "reports/plots/cnn/subgroups.json", "data/prepared/images.npy", "reports/plots/cnn/external_roc.json"],
 )  # fmt: skip
 def test_a_missing_input_is_a_data_error_naming_it(tmp_path: Path, missing: str) -> None:
     root = build_inputs(tmp_path)

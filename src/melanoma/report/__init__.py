@@ -32,6 +32,9 @@ def _write_figures(folder: Path, study: Study, per_class: int, seed: int) -> Non
             figures.training_curve(folder / readme.training_figure(m.name), m)
     figures.roc_all(folder / readme.ROC, study.models)
     figures.prc_all(folder / readme.PRC, study.models)
+    if readme.external_models(study.models):
+        figures.roc_all(folder / readme.EXTERNAL_ROC, readme.external_models(study.models), external=True)
+        figures.prc_all(folder / readme.EXTERNAL_PRC, readme.external_models(study.models), external=True)
     figures.confusion_all(folder / readme.CONFUSION, study.models)
     figures.calibration_all(folder / readme.CALIBRATION, study.models)
 

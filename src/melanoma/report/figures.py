@@ -125,38 +125,51 @@ def _phase_marks(ax: Any, hist: list[dict[str, Any]]) -> None:
             ax.text(i - 0.4, 0.02, str(hist[i].get("phase")), transform=ax.get_xaxis_transform(), fontsize=8)
 
 
-def roc_all(path: Path, models: list[ModelResult]) -> None:
-    """ROC curves of every model on one plot, each with its operating point."""
+def _scored(m: ModelResult, external: bool) -> tuple[dict[str, Any], str]:
+    """(metrics, series key prefix) of the test split or of the external set."""
+    return (m.external, "external_") if external else (m.test, "")
+
+
+def roc_all(path: Path, models: list[ModelResult], external: bool = False) -> None:
+    """ROC curves of every model on one plot, each with its operating point (test, or external set)."""
     with _figure(path, figsize=(5.2, 5.0)) as (_, ax):
         for i, m in enumerate(models):
-            pts = m.series["roc"]
-            auc = m.test.get("roc_auc")
+            scores, prefix = _scored(m, external)
+            pts = m.series[f"{prefix}roc"]
+            auc = scores.get("roc_auc")
             label = f"{m.name} (AUC {auc:.3f})" if auc is not None else m.name
             ax.plot([p["fpr"] for p in pts], [p["tpr"] for p in pts], color=colour(i), label=label)
-            sens, spec = m.test.get("sensitivity"), m.test.get("specificity")
+            sens, spec = scores.get("sensitivity"), scores.get("specificity")
             if sens is not None and spec is not None:
                 ax.plot(1 - spec, sens, "o", color=colour(i), mec="black", ms=6)
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
         ax.plot([], [], "o", color="white", mec="black", label="operating point")
+        title = (
+            f"ROC on the external set ({models[0].external.get('name')})"
+            if external
+            else "ROC on the test split"
+        )
         ax.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)",
-               title="ROC on the test split", xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))  # fmt: skip
+               title=title, xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))  # fmt: skip
         ax.legend(loc="lower right")
 
 
-def prc_all(path: Path, models: list[ModelResult]) -> None:
-    """Precision-recall curves of every model, with the prevalence (no-skill) line."""
+def prc_all(path: Path, models: list[ModelResult], external: bool = False) -> None:
+    """Precision-recall curves of every model, with the prevalence (no-skill) line (test, or external set)."""
     with _figure(path, figsize=(5.2, 5.0)) as (_, ax):
         for i, m in enumerate(models):
-            pts = m.series["prc"]
-            ap = m.test.get("pr_auc")
+            scores, prefix = _scored(m, external)
+            pts = m.series[f"{prefix}prc"]
+            ap = scores.get("pr_auc")
             label = f"{m.name} (AP {ap:.3f})" if ap is not None else m.name
             ax.plot([p["recall"] for p in pts], [p["precision"] for p in pts], color=colour(i), label=label)
-        prevalence = models[0].test.get("prevalence")
+        prevalence = _scored(models[0], external)[0].get("prevalence")
         if prevalence is not None:
             ax.axhline(
                 prevalence, ls="--", color="grey", lw=1, label=f"prevalence {prevalence:.3f} (no skill)"
             )
-        ax.set(xlabel="Recall (sensitivity)", ylabel="Precision (PPV)", title="Precision-recall on the test split",
+        where = f"the external set ({models[0].external.get('name')})" if external else "the test split"
+        ax.set(xlabel="Recall (sensitivity)", ylabel="Precision (PPV)", title=f"Precision-recall on {where}",
                xlim=(-0.01, 1.01), ylim=(0, 1.02))  # fmt: skip
         ax.legend(loc="upper right")
 

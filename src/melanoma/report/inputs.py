@@ -51,12 +51,17 @@ class ModelResult:
     name: str
     info: dict[str, Any]
     history: list[dict[str, Any]] | None
-    metrics: dict[str, Any]  # the whole metrics JSON: {"model", "test", "val"}
-    series: dict[str, list[dict[str, Any]]]  # roc, prc, calibration, subgroups
+    metrics: dict[str, Any]  # the whole metrics JSON: {"model", "test", "val"} (+ "external")
+    series: dict[str, list[dict[str, Any]]]  # roc, prc, calibration, subgroups (+ external_roc, external_prc)
 
     @property
     def test(self) -> dict[str, Any]:
         return self.metrics.get("test") or {}
+
+    @property
+    def external(self) -> dict[str, Any]:
+        """Metrics on the external set ({} when none was scored)."""
+        return self.metrics.get("external") or {}
 
     @property
     def weights(self) -> str:
@@ -103,12 +108,14 @@ def load_model_result(paths: ReportPaths, name: str) -> ModelResult:
     """model.json, history.json (None when absent), metrics JSON and plot series of one model."""
     model_dir = paths.models_dir / name
     plots = paths.plots_dir / name
+    metrics = contracts.read_metrics(paths.metrics_dir / f"{name}.json")
+    keys = contracts.PLOT_SERIES + (contracts.EXTERNAL_PLOT_SERIES if metrics.get("external") else ())
     return ModelResult(
         name=name,
         info=contracts.read_model_json(model_dir),
         history=contracts.read_history(model_dir),
-        metrics=contracts.read_metrics(paths.metrics_dir / f"{name}.json"),
-        series={key: contracts.read_plot_data(plots, key) for key in contracts.PLOT_SERIES},
+        metrics=metrics,
+        series={key: contracts.read_plot_data(plots, key) for key in keys},
     )
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from melanoma.report import fmt
 from melanoma.report.inputs import ModelResult, Study
-from melanoma.report.readme import champion_name, metrics_table, subgroup_table
+from melanoma.report.readme import (
+    champion_name,
+    external_models,
+    external_summary,
+    external_table,
+    metrics_table,
+    subgroup_table,
+)
 
 # Measured by benchmarks/bench_quality.py on the Kaggle ISIC subset; README "Quality on real images".
 COLOUR_SHORTCUT = (
@@ -126,6 +133,11 @@ def render_model_card(study: Study, *, min_n: int, min_melanoma: int) -> str:
         "",
         metrics_table(study.models),
         "",
+        "## External validation",
+        "",
+        external_summary(study.models),
+        "",
+        *([external_table(external_models(study.models)), ""] if external_models(study.models) else []),
         "## Operating point",
         "",
         "The threshold is fixed on validation data by the rule shown, then applied unchanged to the test split.",

@@ -13,6 +13,7 @@ from melanoma.report.inputs import ModelResult, Study
 
 SAMPLES, BALANCE = "samples.png", "class_balance.png"
 ROC, PRC, CONFUSION, CALIBRATION = "roc.png", "prc.png", "confusion.png", "calibration.png"
+EXTERNAL_ROC, EXTERNAL_PRC = "external_roc.png", "external_prc.png"
 SPLIT_NAMES = ("train", "val", "test")
 # Names (not paths) of the files the numbers come from, as laid out by dvc.yaml.
 SOURCES = (
@@ -22,7 +23,7 @@ SOURCES = (
     "models/<name>/model.json",
     "models/<name>/history.json",
     "reports/metrics/<name>.json",
-    "reports/plots/<name>/{roc,prc,calibration,subgroups}.json",
+    "reports/plots/<name>/{roc,prc,calibration,subgroups,external_roc,external_prc}.json",
     "reports/registry.json",
 )
 
@@ -317,6 +318,64 @@ def _results(study: Study, min_n: int, min_melanoma: int) -> list[str]:
     return out
 
 
+def external_models(models: list[ModelResult]) -> list[ModelResult]:
+    """The models that evaluate scored on an external set (all of them, or none, in a pipeline run)."""
+    return [m for m in models if m.external]
+
+
+def external_table(models: list[ModelResult]) -> str:
+    """Internal test and external set side by side: one row each per model, same threshold."""
+    rows = [
+        [
+            m.name,
+            where,
+            fmt.num(t.get("n")),
+            fmt.num(t.get("n_melanoma")),
+            fmt.with_ci(t, "roc_auc"),
+            fmt.with_ci(t, "pr_auc"),
+            fmt.num(t.get("sensitivity")),
+            fmt.num(t.get("specificity")),
+            fmt.num(t.get("threshold")),
+        ]  # fmt: skip
+        for m in models
+        for where, t in (("internal test", m.test), (f"external: {m.external.get('name')}", m.external))
+        if t
+    ]
+    header = ["model", "data", "images", "melanoma", "ROC AUC [CI]", "PR AUC [CI]", "sensitivity",
+              "specificity", "threshold"]  # fmt: skip
+    return fmt.table(header, rows)
+
+
+def external_summary(models: list[ModelResult]) -> str:
+    """What the external set is, from the first scored model's metrics (the set is the same for all)."""
+    scored = external_models(models)
+    if not scored:
+        return (
+            "No external set was scored (`external.source: none` in params.yaml). Point `external` at a "
+            "labelled set the models never saw (e.g. an ISIC challenge test set) to measure generalisation."
+        )
+    e = scored[0].external
+    text = (
+        f"External set **{e.get('name')}** (source `{e.get('source')}`): {fmt.num(e.get('n'))} images, "
+        f"{fmt.num(e.get('n_melanoma'))} melanoma (prevalence {fmt.num(e.get('prevalence'))}), prepared "
+        f"exactly as the training data; {fmt.num(e.get('n_dropped_in_training'))} images also in the training "
+        "data (same file or ISIC id) were dropped before scoring. Each model keeps the threshold it chose "
+        "on validation. CIs: bootstrap grouped by patient (else lesion, else image)."
+    )
+    if e.get("source") == "synthetic":
+        text += " The built-in synthetic external set tests the pipeline, not generalisation to real lesions."
+    return text
+
+
+def _external(study: Study) -> list[str]:
+    scored = external_models(study.models)
+    out = ["## External validation", "", external_summary(study.models), ""]
+    if scored:
+        out += [external_table(scored), "", fmt.figure("ROC curves on the external set", EXTERNAL_ROC), "",
+                fmt.figure("Precision-recall curves on the external set", EXTERNAL_PRC), ""]  # fmt: skip
+    return out
+
+
 def champion_name(registry: dict[str, Any]) -> str | None:
     """The model name behind the champion alias after the decision, when the record says it."""
     after, cand, before = (
@@ -367,5 +426,6 @@ def render_readme(study: Study, *, min_n: int, min_melanoma: int) -> str:
     for m in study.models:
         lines += model_section(m)
     lines += _results(study, min_n, min_melanoma)
+    lines += _external(study)
     lines += champion_section(study.registry)
     return "\n".join(lines).rstrip() + "\n"
