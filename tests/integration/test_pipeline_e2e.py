@@ -41,6 +41,17 @@ TINY = {
         }
     },
     "prepare": {"image_size": 32},
+    # a tiny external set (params.yaml's synthetic seed 1), so evaluate and the report score it too
+    "external": {
+        "synthetic": {
+            "n_images": 60,
+            "melanoma_fraction": 0.25,
+            "min_width": 200,
+            "max_width": 320,
+            "corrupt_count": 1,
+            "duplicate_count": 1,
+        }
+    },
     "train": {"epochs": 3},
     "transfer": {"head_epochs": 3},
     "split": {"test_fraction": 0.25, "val_fraction": 0.25},
