@@ -345,3 +345,76 @@ def test_real_baseline_on_sqlite_store_registers_and_is_rescored(tmp_path: Path)
     assert second.record["improvement"] == pytest.approx(1.0 - direct, abs=1e-6)
     assert second.promoted == (direct < 1.0)  # the easy synthetic set may give the champion a perfect AUC
     assert second.version == 2 and n_versions(uri, "melanoma-classifier") == 2
+
+
+def test_the_ensemble_is_chosen_on_validation_like_any_other_model(tmp_path: Path) -> None:
+    """train the baseline, then an ensemble over it; evaluate both; register chooses on validation among
+    them, and the ensemble's logged pyfunc (loaded by URI) scores as evaluate did.
+
+    The ensemble does not care which family a member is (tests/models/test_ensemble.py uses a real
+    CNN): here a second baseline folder stands in for the cnn member, which keeps this test off
+    TensorFlow and saves one logged model.
+    """
+    from helpers import prepared_and_split
+    from melanoma.config import (
+        BaselineParams,
+        EnsembleParams,
+        EvaluateParams,
+        Params,
+        PrepareParams,
+        SplitParams,
+    )
+    from melanoma.contracts import data_hashes, load_prepared, load_splits, split_arrays, write_model_json
+    from melanoma.evaluate import evaluate_model
+    from melanoma.models.baseline import fit_baseline
+    from melanoma.train import train_model
+
+    params = Params(
+        prepare=PrepareParams(image_size=24, workers=1),
+        split=SplitParams(test_fraction=0.25, val_fraction=0.35),
+        baseline=BaselineParams(candidates=("logistic_regression",)),
+        ensemble=EnsembleParams(members=("baseline", "cnn"), method="stack"),
+        evaluate=EvaluateParams(bootstrap=0),
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = Tracking(uri=uri, experiment=EXPERIMENT, artifact_location=(tmp_path / "mlartifacts").as_uri())
+    prepared, splits = prepared_and_split(tmp_path, params, n=64, pos_every=3)
+    images, _ = load_prepared(prepared)
+    frames = load_splits(splits)
+    models = tmp_path / "models"
+    train_model("baseline", prepared, splits, models / "baseline", params, tracking)
+    stand_in, _ = fit_baseline(
+        *split_arrays(images, frames["train"]), *split_arrays(images, frames["val"]),
+        BaselineParams(candidates=("random_forest",), n_estimators=10), 0, 24,
+    )  # fmt: skip
+    (models / "cnn").mkdir()
+    stand_in.save(models / "cnn")
+    write_model_json(models / "cnn", {"name": "cnn", "family": "baseline", "image_size": 24, "fit": "crop",
+                                      "data": data_hashes(prepared, splits)})  # fmt: skip
+    members = {n: models / n for n in params.ensemble.members}
+    ens = train_model("ensemble", prepared, splits, models / "ensemble", params, tracking, None, members)
+    assert ens["family"] == "ensemble" and "val_proba_oof" not in ens
+    assert set(ens["member_val_auc"]) == {"baseline", "cnn"} and set(ens["coefficients"]) == {
+        "baseline",
+        "cnn",
+    }
+    cands = []
+    for name in ("baseline", "ensemble"):
+        metrics = tmp_path / "metrics" / f"{name}.json"
+        evaluate_model(
+            name, models / name, prepared, splits, metrics, tmp_path / "plots" / name, params.evaluate, 0
+        )
+        cands.append(Candidate(name, models / name, metrics))
+
+    test = split_arrays(images, frames["test"])
+    decision = register(
+        cands, "melanoma-classifier", tracking, margin=0.0, allow_unscored_champion=False,
+        test_split_hash=split_hash_of(data_hashes(prepared, splits)), scorer=make_scorer(*test),
+    )  # fmt: skip
+    table = {c["name"]: c for c in decision.record["candidates"]}
+    assert set(table) == {"baseline", "ensemble"} and table["ensemble"]["family"] == "ensemble"
+    chosen = sorted(table, key=lambda n: (-table[n]["val_roc_auc"], n))[0]
+    assert decision.record["candidate"]["name"] == chosen
+    # whichever was chosen, the ensemble's logged model is a pyfunc that scores as evaluate did
+    evaluated = json.loads((tmp_path / "metrics" / "ensemble.json").read_text())["test"]["roc_auc"]
+    assert make_scorer(*test)(ens["mlflow"]["model_uri"]) == pytest.approx(evaluated, abs=1e-6)
