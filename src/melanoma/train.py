@@ -73,8 +73,9 @@ def fit_model(
         if member_dirs is None:
             raise DataError("ensemble: the member model folders were not given")
         return fit_ensemble(
-            member_dirs, x_val, y_val, params.ensemble, seed, size, fit, expected_data=expected_data
-        )
+            member_dirs, x_val, y_val, params.ensemble, seed, size, fit,
+            meta_val=meta_val, expected_data=expected_data,
+        )  # fmt: skip
     if name == "baseline":
         from melanoma.models.baseline import fit_baseline
 
