@@ -190,6 +190,8 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str, browser: Loopb
         "reports/metrics/baseline.json",
         "reports/plots/baseline/roc.json",
         "reports/plots/baseline/confusion.json",
+        "models/ensemble/ensemble.json",
+        "reports/metrics/ensemble.json",
     ):
         assert (repo / path).is_file(), f"{path} missing after dvc repro:\n{first.stdout[-2000:]}"
 
@@ -200,7 +202,15 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str, browser: Loopb
     assert metrics["test"]["tp"] + metrics["test"]["fn"] == metrics["test"]["n_melanoma"]
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert {"ingest", "prepare", "split", "train@baseline", "evaluate@baseline"} <= set(lock["stages"])
+    assert {
+        "ingest",
+        "prepare",
+        "split",
+        "train@baseline",
+        "evaluate@baseline",
+        "ensemble",
+        "evaluate@ensemble",
+    } <= set(lock["stages"])
     assert lock["stages"]["train@baseline"]["params"]["params.yaml"]["base.seed"] == 42
 
     fingerprint = model_fingerprint(repo / "models/baseline")
@@ -245,10 +255,12 @@ def test_dvc_repro_end_to_end(tmp_path: Path, mlflow_server: str, browser: Loopb
 
     # register: the model chosen on validation is the champion; the report says so.
     decision = json.loads((repo / "reports/registry.json").read_text())
-    best = max(
-        ("baseline", "cnn", "transfer"),
-        key=lambda m: json.loads((repo / f"models/{m}/model.json").read_text())["val"]["val_roc_auc"],
-    )
+    val_auc = {
+        m: json.loads((repo / f"models/{m}/model.json").read_text())["val"]["val_roc_auc"]
+        for m in ("baseline", "cnn", "transfer", "ensemble")
+    }
+    best = sorted(val_auc, key=lambda m: (-val_auc[m], m))[0]  # ties go to the first name, as in register
+    assert {c["name"] for c in decision["candidates"]} == set(val_auc)
     assert decision["candidate"]["name"] == best and decision["champion_after"] == 1
     # registry_uri too: an earlier test in this process may have set a global registry URI
     server = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
