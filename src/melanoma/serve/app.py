@@ -12,12 +12,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from melanoma.serve.holder import ModelHolder, Served
-from melanoma.serve.intake import IntakeError, Limits, Upload, decode, parse_multipart, too_large
+from melanoma.serve.intake import (
+    METADATA_FIELDS,
+    IntakeError,
+    Limits,
+    Upload,
+    decode,
+    parse_form,
+    patient_metadata,
+    too_large,
+)
 from melanoma.serve.page import CSP, PAGE
 
 FILE_FIELDS = ("file", "image", "files", "images")
@@ -25,10 +35,19 @@ _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _SINGLE_BODY = {
     "requestBody": {
         "required": True,
-        "description": "a JPEG or PNG: a multipart form field `file` (or `image`), or the raw bytes",
+        "description": "a JPEG or PNG: a multipart form field `file` (or `image`), or the raw bytes; "
+        "optional patient metadata as form fields (or query parameters)",
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "age_approx": {"type": "number", "minimum": 0, "maximum": 120},
+                        "sex": {"type": "string"},
+                        "site": {"type": "string"},
+                    },
+                }
             },
             "image/jpeg": _IMAGE_BODY,
             "image/png": _IMAGE_BODY,
@@ -69,17 +88,22 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def uploads_of(body: bytes, content_type: str, limits: Limits) -> list[Upload]:
     """Multipart file fields, or the raw body as one upload."""
+    return form_of(body, content_type)[0]
+
+
+def form_of(body: bytes, content_type: str) -> tuple[list[Upload], dict[str, str]]:
+    """Multipart file fields and metadata text fields, or the raw body as one upload (no fields)."""
     media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        parts = parse_multipart(body, content_type, FILE_FIELDS)
+        parts, fields = parse_form(body, content_type, FILE_FIELDS, METADATA_FIELDS)
         if not parts:
             raise IntakeError(
                 400, f"no file in the form: send the image in a field named one of {FILE_FIELDS}"
             )
-        return parts
+        return parts, fields
     if media in ("application/x-www-form-urlencoded", "application/json", "text/plain"):
         raise IntakeError(415, f"unsupported content type {media!r}: send multipart/form-data or image bytes")
-    return [Upload(body, media)]
+    return [Upload(body, media)], {}
 
 
 def model_ref(served: Served) -> dict[str, Any]:
@@ -147,9 +171,15 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
     async def model() -> dict[str, Any]:
         return holder.current.describe()
 
-    def run_one(served: Served, upload: Upload, explain: bool) -> dict[str, Any]:
+    def run_one(
+        served: Served, upload: Upload, explain: bool, metadata: pd.DataFrame | None
+    ) -> dict[str, Any]:
         pixels = decode(upload, limits, served.image_size, served.fit, **served.decoding)  # type: ignore[arg-type]
-        out = result(served, served.predict(pixels[None])[0])
+        out = result(served, served.predict(pixels[None], metadata)[0])
+        if metadata is not None:
+            # what was sent, and what this model reads of it (an image-only model reads none)
+            used = list(getattr(served.classifier, "metadata_columns", ()))
+            out["metadata"] = {"given": metadata.iloc[0].to_dict(), "used_by_model": used}
         if explain:
             with served.lock:
                 out["explanation"] = served.explainer(pixels)
@@ -163,13 +193,19 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
     async def predict(
         request: Request,
         explain: bool = Query(False, description="add a heat map (Grad-CAM, or the baseline's lesion mask)"),
+        age_approx: str | None = Query(None, description="optional: the patient's age in years (0-120)"),
+        sex: str | None = Query(None, description="optional: the patient's sex (e.g. female, male)"),
+        site: str | None = Query(
+            None, description="optional: the anatomic site (e.g. trunk, lower extremity)"
+        ),
     ) -> dict[str, Any]:
         served = holder.current  # this request's model, whatever the poller swaps in meanwhile
         body = await read_body(request, limits.max_bytes)
-        uploads = uploads_of(body, request.headers.get("content-type", ""), limits)
+        uploads, fields = form_of(body, request.headers.get("content-type", ""))
         if len(uploads) != 1:
             raise IntakeError(400, f"{len(uploads)} files sent: /predict takes one (see /predict/batch)")
-        return await run_in_threadpool(run_one, served, uploads[0], explain)
+        metadata = patient_metadata(fields, {"age_approx": age_approx, "sex": sex, "site": site})
+        return await run_in_threadpool(run_one, served, uploads[0], explain, metadata)
 
     def run_batch(served: Served, uploads: list[Upload]) -> dict[str, Any]:
         pixels = []

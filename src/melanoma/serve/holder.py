@@ -54,10 +54,10 @@ class Served:
     def fit(self) -> str:
         return str(getattr(self.classifier, "fit", "crop"))
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float (N,) P(melanoma), one forward pass at a time."""
+    def predict(self, images: np.ndarray, metadata: Any = None) -> np.ndarray:
+        """uint8 (N, S, S, 3) (+ optional patient metadata rows) -> float (N,) P(melanoma), one pass at a time."""
         with self.lock:
-            return np.asarray(self.classifier.predict_proba(images), dtype=np.float64).reshape(-1)
+            return np.asarray(self.classifier.predict_proba(images, metadata), dtype=np.float64).reshape(-1)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /model`` answers."""

@@ -3,24 +3,33 @@
 Everything stays in memory: the body is read with a byte cap, multipart is parsed from those bytes
 (no spooled temp files), and the image is decoded by ``melanoma.images`` (the code ``prepare`` uses).
 Every refusal is an ``IntakeError`` carrying an HTTP 4xx status and a message for the client.
+
+Optional patient metadata (``age_approx``, ``sex``, ``site``) comes as text form fields or query
+parameters and becomes one metadata row (``patient_metadata``); a bad age is a 422 naming it.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from melanoma.images import Fit, ImageDecodeError, fit_resize, open_oriented
+from melanoma.metadata import METADATA_COLUMNS, parse_age
 
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG"}
 # A browser or curl may send these for a file field it cannot type; the bytes decide then.
 GENERIC_TYPES = frozenset({"", "application/octet-stream"})
 MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+# Patient metadata fields (form or query) and the longest text kept for sex and site.
+METADATA_FIELDS: tuple[str, ...] = METADATA_COLUMNS
+MAX_FIELD_CHARS = 100
 
 
 class IntakeError(Exception):
@@ -55,11 +64,19 @@ def too_large(limit: int) -> IntakeError:
 
 def parse_multipart(body: bytes, content_type: str, field_names: tuple[str, ...]) -> list[Upload]:
     """The file parts of a multipart/form-data body whose field name is in ``field_names``."""
+    return parse_form(body, content_type, field_names)[0]
+
+
+def parse_form(
+    body: bytes, content_type: str, field_names: tuple[str, ...], text_fields: tuple[str, ...] = ()
+) -> tuple[list[Upload], dict[str, str]]:
+    """File parts named in ``field_names``, and the values of the text parts named in ``text_fields``."""
     _, opts = parse_options_header(content_type)
     boundary = opts.get(b"boundary")
     if not boundary:
         raise IntakeError(400, "multipart body without a boundary in its Content-Type")
     parts: list[Upload] = []
+    texts: dict[str, str] = {}
     state: dict[str, object] = {}
 
     def on_part_begin() -> None:
@@ -82,7 +99,11 @@ def parse_multipart(body: bytes, content_type: str, field_names: tuple[str, ...]
         headers: dict[bytes, bytes] = state["headers"]  # type: ignore[assignment]
         _, disp = parse_options_header(headers.get(b"content-disposition", b""))
         name = disp.get(b"name", b"").decode("latin-1")
-        if name in field_names:
+        if name in text_fields and b"filename" not in disp:
+            if name in texts:
+                raise IntakeError(400, f"form field {name!r} sent twice")
+            texts[name] = bytes(state["data"]).decode("utf-8", "replace")  # type: ignore[arg-type]
+        elif name in field_names:
             parts.append(
                 Upload(
                     bytes(state["data"]),  # type: ignore[arg-type]
@@ -107,7 +128,35 @@ def parse_multipart(body: bytes, content_type: str, field_names: tuple[str, ...]
         raise
     except Exception as exc:  # the parser raises its own error types for malformed bodies
         raise IntakeError(400, f"malformed multipart body: {exc}") from None
-    return parts
+    return parts, texts
+
+
+def patient_metadata(*sources: Mapping[str, object]) -> pd.DataFrame | None:
+    """One image's metadata row from form fields and/or query parameters; None when none is given.
+
+    Empty values count as not given. A field given by two sources, an age that is not 0-120 years
+    or an over-long text is refused (422 or 400) naming the field.
+    """
+    row: dict[str, object] = {}
+    for source in sources:
+        for name in METADATA_FIELDS:
+            value = source.get(name)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            if name in row:
+                raise IntakeError(400, f"{name!r} given twice (as a form field and a query parameter)")
+            row[name] = value
+    if not row:
+        return None
+    if "age_approx" in row:
+        try:
+            row["age_approx"] = parse_age(row["age_approx"], "age_approx")
+        except ValueError as exc:
+            raise IntakeError(422, str(exc)) from None
+    for name in ("sex", "site"):
+        if name in row and len(str(row[name])) > MAX_FIELD_CHARS:
+            raise IntakeError(422, f"{name}: at most {MAX_FIELD_CHARS} characters")
+    return pd.DataFrame([row])
 
 
 def sniff(data: bytes) -> str | None:
