@@ -22,7 +22,7 @@ import pytest
 
 from melanoma.models.deep.loop import KERAS_FILE, ZIP_EPOCH, KerasClassifier, reproducible_keras_zip
 
-FAMILIES = ("baseline", "cnn", "transfer")
+FAMILIES = ("baseline", "cnn", "transfer", "cnn_residual")
 
 TRAIN_TWICE = r"""
 import sys, types
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from helpers import lesion_image
 from melanoma.config import (
-    BaselineParams, BaseParams, CnnParams, Params, PrepareParams, TrainParams, TransferParams,
+    AugmentParams, BaselineParams, BaseParams, CnnParams, Params, PrepareParams, TrainParams, TransferParams,
 )
 from melanoma.contracts import write_history, write_model_json
 from melanoma.models import load_model
@@ -44,20 +44,29 @@ def tiny(n, size, seed):
     y = (np.arange(n) % 3 == 0).astype(int)
     return np.stack([np.asarray(lesion_image(rng, bool(v), size, size)) for v in y]), y
 
-for name, size in (("baseline", 32), ("cnn", 16), ("transfer", 32)):
+# cnn_residual: the residual CNN with mixup and cutmix (both on: the per-batch coin too) and class
+# weights mixed in the stream.
+RESIDUAL = dict(cnn=CnnParams(architecture="residual", filters=(4, 8), dense=8),
+                train=TrainParams(epochs=2, batch_size=8, early_stopping_start=0, class_balance="class_weight",
+                                  augment=AugmentParams(mixup=0.4, cutmix=1.0)))
+for folder_name, name, size, changes in (
+    ("baseline", "baseline", 32, {}), ("cnn", "cnn", 16, {}), ("transfer", "transfer", 32, {}),
+    ("cnn_residual", "cnn", 16, RESIDUAL),
+):
     x, y = tiny(48, size, 0)
     xv, yv = tiny(18, size, 1)
-    params = Params(
-        base=BaseParams(seed=3),
-        prepare=PrepareParams(image_size=size),
-        train=TrainParams(epochs=2, batch_size=8, early_stopping_start=0, class_balance="oversample"),
-        baseline=BaselineParams(n_estimators=8),
-        cnn=CnnParams(filters=(4, 8), dense=8),
-        transfer=TransferParams(weights="random", head_units=8, head_epochs=2, fine_tune_layers=1,
-                                fine_tune_epochs=1),
-    )
+    params = Params(**{
+        "base": BaseParams(seed=3),
+        "prepare": PrepareParams(image_size=size),
+        "train": TrainParams(epochs=2, batch_size=8, early_stopping_start=0, class_balance="oversample"),
+        "baseline": BaselineParams(n_estimators=8),
+        "cnn": CnnParams(filters=(4, 8), dense=8),
+        "transfer": TransferParams(weights="random", head_units=8, head_epochs=2, fine_tune_layers=1,
+                                   fine_tune_epochs=1),
+        **changes,
+    })
     model, info = fit_model(name, x, y, xv, yv, params, keras_home=out / "no-keras-home")
-    folder = out / name
+    folder = out / folder_name
     folder.mkdir(parents=True)
     history = info.pop("history", None)
     model.save(folder)
@@ -69,9 +78,9 @@ for name, size in (("baseline", 32), ("cnn", 16), ("transfer", 32)):
     pyfunc = MelanomaPyfunc()
     context = types.SimpleNamespace(artifacts={MODEL_DIR_ARTIFACT: str(folder)})
     pyfunc.load_context(context)
-    np.save(out / f"{name}.trained.npy", model.predict_proba(xv))
-    np.save(out / f"{name}.loaded.npy", again.predict_proba(xv))
-    np.save(out / f"{name}.pyfunc.npy", pyfunc.predict(context, xv))
+    np.save(out / f"{folder_name}.trained.npy", model.predict_proba(xv))
+    np.save(out / f"{folder_name}.loaded.npy", again.predict_proba(xv))
+    np.save(out / f"{folder_name}.pyfunc.npy", pyfunc.predict(context, xv))
 print("TRAINED", *sorted(p.name for p in out.iterdir()))
 """
 
@@ -114,7 +123,14 @@ def test_two_trainings_write_byte_identical_folders(two_runs: tuple[Path, Path],
     differ = [name for name in a if a[name] != b[name]]
     assert not differ, f"{family}: files differ between two runs with the same seed: {differ}"
     info = json.loads(a["model.json"])
-    if family != "baseline":
+    if family == "cnn_residual":
+        assert info["class_balance"] == "class_weight"
+        assert info["n_params"] > 0 and b'"melanoma_resnet"' in zipfile.ZipFile(
+            io.BytesIO(a[KERAS_FILE])
+        ).read("config.json")
+        seen = [row["seen_pos"] for row in json.loads(a["history.json"])]
+        assert any(v != round(v) for v in seen)  # soft targets: the batches were mixed
+    elif family != "baseline":
         assert info["class_balance"] == "oversample"
 
 

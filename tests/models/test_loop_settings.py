@@ -20,7 +20,7 @@ from melanoma.config import AugmentParams, CnnParams, TrainParams, TransferParam
 from melanoma.errors import ConfigError
 from melanoma.models.cnn import build_cnn, fit_cnn
 from melanoma.models.deep.data import class_weights
-from melanoma.models.deep.loop import LoopSettings, distributed_loop
+from melanoma.models.deep.loop import TALLIES, LoopSettings, distributed_loop
 from melanoma.models.transfer import build_head, fit_head, fit_transfer, head_settings
 
 SIZE = 16
@@ -160,3 +160,25 @@ def test_transfer_records_the_balance_of_both_phases(tmp_path: Path) -> None:
     assert (head["phase"], tune["phase"]) == ("head", "fine_tune")
     for row in (head, tune):
         assert_applied(row, "oversample", y, drawn=48)
+
+
+def test_mixed_batches_keep_class_weighting_on_both_paths(data) -> None:
+    # Mixup/cutmix: soft targets; each sample's class weight is mixed with the same lambda in the
+    # stream, so the fit() path (sample weights from the stream, not Keras' class_weight, which
+    # rounds soft targets) and the custom loop feed the loss the same class masses.
+    x, y, xv, yv = data
+    loop = loop_for("class_weight", augment=AugmentParams(mixup=0.4, cutmix=1.0))
+    _, info = fit_cnn(
+        x, y, xv, yv, CnnParams(filters=(4,), dense=4), loop, image_size=SIZE, fit="crop", strategy=STRATEGY
+    )
+    keras.utils.set_random_seed(0)
+    rows = distributed_loop(
+        build_cnn(SIZE, CnnParams(filters=(4,), dense=4)), x, y, xv, yv, loop, strategy=STRATEGY
+    )
+    fit_row, loop_row = info["history"][0], rows[0]
+    assert [fit_row[t] for t in TALLIES] == pytest.approx([loop_row[t] for t in TALLIES], rel=1e-5)
+    seen, weight = (fit_row["seen_pos"], fit_row["seen_neg"]), (fit_row["weight_pos"], fit_row["weight_neg"])
+    assert sum(seen) == pytest.approx(N, rel=1e-5)  # a mixed sample is split between the classes
+    assert seen[0] not in (32, 64)  # soft: shares, not whole samples
+    assert 0.75 < weight[0] / weight[1] < 1.33  # balanced in expectation, as without mixing
+    assert np.isfinite(fit_row["auc"]) and 0 <= fit_row["auc"] <= 1
