@@ -246,8 +246,11 @@ class PrepareParams:
     image_size: Int = Field(default=100, ge=8, le=1024)
     fit: Literal["crop", "squash", "pad"] = "crop"
     draft: Bool = True
-    # JPEG draft: decode at the smallest DCT scale (1/2, 1/4, 1/8) whose short side, after the centre
-    # crop, is still at least draft_margin x image_size (1.0 = just covers the target)
+    # JPEG draft: decode at the smallest DCT scale (1/2, 1/4, 1/8) whose side that the fit resizes
+    # (short for crop/squash, long for pad) is still >= draft_margin x image_size (1.0 = just covers
+    # the target). 2.0 by bench_resize on 48 real ISIC JPEGs: 1.0 is 9% faster (5.5x vs 5.0x naive,
+    # CPU) but 3.3 dB PSNR worse vs a full-decode Lanczos reference (worst image 24.8 vs 33.2 dB);
+    # 1.5: 6% faster, 0.7 dB worse. Baseline AUC at 1.0 vs 2.0 (Kaggle set): +0.004 [-0.003, +0.013].
     draft_margin: Float = Field(default=2.0, ge=1.0, le=8.0)
     workers: Int = Field(default=0, ge=0)  # 0 = all cores
     drop_duplicates: Bool = True
