@@ -26,7 +26,7 @@ useful pretraining (``--assume-epochs``, 100: the shortest run in Figure 9 of th
 which trains 100 to 800 epochs) and set against the pipeline's 10-minute budget (``--budget-s``),
 of which the supervised CNN itself takes ``train.epochs`` epochs.
 
-3. probe        (``--probe``, on by default) whether the few SimCLR epochs taught the encoder
+3. probe        (skipped with ``--no-probe``) whether the few SimCLR epochs taught the encoder
                 anything: a logistic regression on frozen pooled features of the whole training
                 split, scored by validation ROC AUC, for the encoder before (random init) and after
                 the SimCLR epochs.
