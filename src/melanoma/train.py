@@ -305,12 +305,19 @@ def _log_run(
     mlflow.log_metric("threshold", threshold)
     for cand, auc in info.get("candidate_val_auc", {}).items():
         mlflow.log_metric(f"val_roc_auc.{cand}", auc)
+    # the ensemble: each member's validation AUC, and its own in-sample one (val_roc_auc is out-of-fold)
+    ensemble_aucs = {f"member_val_roc_auc.{m}": v for m, v in info.get("member_val_auc", {}).items()}
+    if "val_roc_auc_in_sample" in info:
+        ensemble_aucs["val_roc_auc_in_sample"] = info["val_roc_auc_in_sample"]
+    if ensemble_aucs:
+        mlflow.log_metrics({k: v for k, v in ensemble_aucs.items() if np.isfinite(v)})
     mlflow.set_tag("model_family", info["family"])
     # Evaluation and the registry find this run by the model's content (see model_fingerprint).
     mlflow.set_tag(FINGERPRINT_TAG, model_fingerprint(model_dir))
     if "weights" in info:
         mlflow.set_tag("weights", info["weights"])  # "random-init" when ImageNet weights were missing
-        mlflow.log_param("transfer.weights_used", info["weights"])
+        if info["name"] == "transfer":  # the ensemble's "weights" describes its members'
+            mlflow.log_param("transfer.weights_used", info["weights"])
     if info["family"] == "keras":
         mlflow.keras.log_model(model.model, name="keras_model")
     model_info = mlflow.pyfunc.log_model(

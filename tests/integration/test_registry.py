@@ -398,6 +398,14 @@ def test_the_ensemble_is_chosen_on_validation_like_any_other_model(tmp_path: Pat
         "baseline",
         "cnn",
     }
+    logged = mlflow.MlflowClient(uri).get_run(ens["mlflow"]["run_id"]).data
+    assert {"member_val_roc_auc.baseline", "member_val_roc_auc.cnn", "val_roc_auc_in_sample"} <= set(
+        logged.metrics
+    )
+    assert (
+        logged.params["ensemble.method"] == "stack" and "train.epochs" not in logged.params
+    )  # its own params
+    assert logged.tags["weights"].startswith("members' weights: baseline")
     cands = []
     for name in ("baseline", "ensemble"):
         metrics = tmp_path / "metrics" / f"{name}.json"

@@ -249,7 +249,9 @@ def fit_ensemble(
     info.update(
         {
             "member_image_sizes": {n: int(m.image_size) for n, m in members.items()},
-            "member_weights": {n: str(infos[n].get("weights", "none (trained from scratch)")) for n in names},
+            # what the registry and the report show as this model's weights source
+            "weights": "members' weights: "
+            + "; ".join(f"{n} {infos[n].get('weights', 'none (trained from scratch)')}" for n in names),
             "oof_folds": len(folds),
             "val_roc_auc_in_sample": round(safe_auc(y, in_sample), 6),
             "val_roc_auc_oof": round(safe_auc(y, oof), 6),
