@@ -188,3 +188,19 @@ def test_the_app_serves_an_ensemble_folder_with_a_members_grad_cam(
     assert explanation_kind(only_baseline) == "none"
     plain = make_explainer(only_baseline)(x[0])
     assert plain["kind"] == "none" and "no heat map" in plain["note"] and plain["image_png_b64"]
+
+
+def test_the_report_describes_the_ensemble_and_its_members() -> None:
+    from melanoma.report.inputs import ModelResult
+    from melanoma.report.readme import model_section
+
+    info = {
+        "name": "ensemble", "family": "ensemble", "members": ["baseline", "cnn"], "method": "stack",
+        "member_val_auc": {"baseline": 0.81, "cnn": 0.77}, "coefficients": {"baseline": 1.25, "cnn": 0.5},
+        "oof_folds": 5, "val_roc_auc_in_sample": 0.9, "weights": "members' weights: baseline none",
+        "val": {"val_roc_auc": 0.85},
+    }  # fmt: skip
+    text = "\n".join(model_section(ModelResult("ensemble", info, None, {}, {})))
+    assert "ensemble of `baseline`, `cnn`: logistic regression on their logits" in text
+    assert "| cnn | 0.770 | 0.500 |" in text and "out-of-fold (5 folds" in text and "0.900" in text
+    assert "members' weights: baseline none" in text
