@@ -111,10 +111,10 @@ def test_a_second_run_writes_byte_identical_files(raw_dir: Path, tmp_path: Path)
 
 
 def test_draft_margin_reaches_the_workers_and_the_report(raw_dir: Path, tmp_path: Path) -> None:
-    # The raw JPEGs are 160x120: at 24 px, margin 1.0 decodes them at 1/4 (30 px short side), the
-    # default 2.0 at 1/2 (60 px); both cover the target, so the arrays differ a little, not a lot.
+    # The raw JPEGs are 160x120: at 24 px, margin 1.0 decodes them at 1/4 (30 px short side), 2.0
+    # at 1/2 (60 px); both cover the target, so the arrays differ a little, not a lot.
     near = prepare(raw_dir, tmp_path / "m1", PrepareParams(image_size=24, workers=1, draft_margin=1.0))
-    prepare(raw_dir, tmp_path / "m2", PrepareParams(image_size=24, workers=1))
+    prepare(raw_dir, tmp_path / "m2", PrepareParams(image_size=24, workers=1, draft_margin=2.0))
     assert near["params"]["draft_margin"] == 1.0
     a, _ = load_prepared(tmp_path / "m1")
     b, _ = load_prepared(tmp_path / "m2")

@@ -248,10 +248,11 @@ class PrepareParams:
     draft: Bool = True
     # JPEG draft: decode at the smallest DCT scale (1/2, 1/4, 1/8) whose side that the fit resizes
     # (short for crop/squash, long for pad) is still >= draft_margin x image_size (1.0 = just covers
-    # the target). 2.0 by bench_resize on 48 real ISIC JPEGs: 1.0 is 9% faster (5.5x vs 5.0x naive,
-    # CPU) but 3.3 dB PSNR worse vs a full-decode Lanczos reference (worst image 24.8 vs 33.2 dB);
-    # 1.5: 6% faster, 0.7 dB worse. Baseline AUC at 1.0 vs 2.0 (Kaggle set): +0.004 [-0.003, +0.013].
-    draft_margin: Float = Field(default=2.0, ge=1.0, le=8.0)
+    # the target). 1.5 by bench_resize on 48 real ISIC JPEGs at 100 px (one core, vs naive Pillow):
+    # 2.0 (the old 2x) 3.8-4.1x, below the 4x floor; 1.5 4.0-4.4x at -0.7 dB PSNR vs a full-decode
+    # Lanczos reference (42.9 vs 43.6 dB); 1.0 4.1-4.8x but -3.3 dB (worst image 24.8 vs 33.2 dB).
+    # Baseline test AUC, Kaggle set, 1.0 vs 2.0: +0.004 [-0.003, +0.013] (1.5 = 2.0 on its 224 px JPEGs).
+    draft_margin: Float = Field(default=1.5, ge=1.0, le=8.0)
     workers: Int = Field(default=0, ge=0)  # 0 = all cores
     drop_duplicates: Bool = True
 

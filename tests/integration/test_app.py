@@ -63,14 +63,18 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def expected_probability(registry: Registry, name: str, data: bytes) -> float:
-    """What the registered model says about ``data`` decoded the way prepare decodes files."""
+    """What the registered model says about ``data`` decoded the way prepare decodes files (with the
+    draft settings its model.json records)."""
     import mlflow
 
+    from melanoma.contracts import read_model_json
     from melanoma.images import load_resized
 
     mlflow.set_registry_uri(registry.uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registry.versions[name]}").unwrap_python_model().model
-    return float(model.predict_proba(load_resized(data, model.image_size, model.fit)[None])[0])
+    wrapper = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registry.versions[name]}").unwrap_python_model()
+    model, info = wrapper.model, read_model_json(wrapper.model_dir)
+    pixels = load_resized(data, model.image_size, model.fit, info["draft"], info["draft_margin"])
+    return float(model.predict_proba(pixels[None])[0])
 
 
 def test_health_model_predict_and_batch_over_http(server: Server, registry: Registry) -> None:
