@@ -208,6 +208,7 @@ def cmd_register(params: Params, args: argparse.Namespace) -> None:
         split_arrays,
         write_registry_decision,
     )
+    from melanoma.metadata import metadata_rows
     from melanoma.registry import Candidate, make_scorer, register, split_hash_of
 
     candidates = [Candidate(name, MODELS_DIR / name, METRICS_DIR / f"{name}.json") for name in args.models]
@@ -220,7 +221,7 @@ def cmd_register(params: Params, args: argparse.Namespace) -> None:
         margin=params.register.margin,
         allow_unscored_champion=params.register.allow_unscored_champion,
         test_split_hash=split_hash_of(data_hashes(args.prepared, args.splits)),
-        scorer=make_scorer(*split_arrays(images, test)),
+        scorer=make_scorer(*split_arrays(images, test), metadata_rows(test)),
     )
     write_registry_decision(args.out, decision.record)
     log.info("register: %s (%s)", decision.record["action"], decision.record["reason"])

@@ -170,3 +170,34 @@ def test_pyfunc_round_trip_with_and_without_metadata(tmp_path: Path) -> None:
     assert given[0] > given[1]  # the old patient's leg lesion vs the young patient's trunk
     with pytest.raises(ValueError, match=r"age_approx has 2 value\(s\) for 3 image\(s\)"):
         loaded.predict(raw, params={"age_approx": [75.0, 30.0]})
+
+
+def test_registry_scorer_rescoring_a_champion_passes_its_metadata(tmp_path: Path) -> None:
+    """register re-scores a champion through its pyfunc: with the test rows' metadata, as evaluate did."""
+    import mlflow
+
+    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
+    from melanoma.registry import make_scorer
+
+    x_tr, y_tr, m_tr = metadata_set(160, 14)
+    x_te, y_te, m_te = metadata_set(90, 15)
+    params = BaselineParams(
+        candidates=("gradient_boosting",), n_estimators=20, metadata=("age_approx", "site")
+    )
+    model, _ = fit_baseline(x_tr, y_tr, x_tr, y_tr, params, 0, 24, meta_train=m_tr, meta_val=m_tr)
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    model.save(folder)
+    (folder / "model.json").write_text('{"family": "baseline", "image_size": 24}')
+    mlflow.pyfunc.save_model(
+        tmp_path / "pyfunc",
+        python_model=MelanomaPyfunc(),
+        artifacts={MODEL_DIR_ARTIFACT: str(folder)},
+        signature=image_signature(),
+        pip_requirements=["mlflow"],
+    )
+    uri = str(tmp_path / "pyfunc")
+    with_meta = make_scorer(x_te, y_te, m_te, batch_size=32)(uri)  # 3 batches: params sliced per batch
+    assert with_meta == pytest.approx(safe_auc(y_te, model.predict_proba(x_te, m_te)), abs=1e-6)
+    assert with_meta > 0.85
+    assert make_scorer(x_te, y_te)(uri) < 0.75  # images alone carry no signal here

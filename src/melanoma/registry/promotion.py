@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from melanoma.contracts import model_fingerprint, read_metrics, read_model_json
 from melanoma.errors import DataError
@@ -67,15 +68,36 @@ def split_hash_of(data_hashes: Mapping[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def make_scorer(images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> Scorer:
-    """A scorer: load a model URI as pyfunc, predict today's test images, return its ROC AUC."""
+def make_scorer(
+    images: np.ndarray, labels: np.ndarray, metadata: pd.DataFrame | None = None, batch_size: int = 256
+) -> Scorer:
+    """A scorer: load a model URI as pyfunc, predict today's test images, return its ROC AUC.
+
+    ``metadata`` (the test rows' patient metadata) goes in as the pyfunc's per-image list params, so a
+    champion that uses metadata is re-scored as evaluate scored it, not on images alone.
+    """
+
+    def params_for(lo: int, hi: int) -> dict[str, list[Any]] | None:
+        if metadata is None or metadata.empty:
+            return None
+        rows = metadata.iloc[lo:hi]
+        out: dict[str, list[Any]] = {}
+        for column in rows.columns:  # the ParamSchema's types: age a number, the rest strings
+            if column == "age_approx":
+                ages = pd.to_numeric(rows[column].replace("", None), errors="coerce")
+                out[column] = [None if pd.isna(v) else float(v) for v in ages]
+            else:
+                out[column] = ["" if pd.isna(v) else str(v) for v in rows[column]]
+        return out
 
     def score(model_uri: str) -> float:
         import mlflow
 
         model = mlflow.pyfunc.load_model(model_uri)
         probs = [
-            np.asarray(model.predict(np.asarray(images[i : i + batch_size]))).reshape(-1)
+            np.asarray(
+                model.predict(np.asarray(images[i : i + batch_size]), params=params_for(i, i + batch_size))
+            ).reshape(-1)
             for i in range(0, len(images), batch_size)
         ]
         return store.round6(safe_auc(np.asarray(labels), np.concatenate(probs).astype(np.float64)))
