@@ -28,13 +28,19 @@ Three checks on synthetic 100x100 uint8 lesion-like images (no dependency on any
                    vs off, each in a fresh child process (the switch is process-wide), alternated,
                    best steady epoch of ``--repeat`` children each. Context: the price of
                    byte-reproducible models; no target.
+6. architectures   Training time per epoch (``--arch-n`` images at 100x100, batch 64, through the
+                   pipeline with the default augmentation and class weights, op determinism on as in
+                   ``train``) of the plain default CNN against residual candidates (widths x blocks
+                   per stage) and against residual with mixup + cutmix; ratios to the plain CNN,
+                   steady steps after a traced warm-up, passes interleaved, best of ``--repeat``.
+                   Context for choosing ``cnn.*`` defaults (quality: bench_quality.py); no target.
 
 Absolute times are printed as context only: the machine may be shared, so each timed pass also
 records how many cores OTHER processes used meanwhile (from ``/proc/stat``); a verdict drawn from a
 pass where they used more than 0.25 cores is flagged "not clean".
 
     .venv/bin/python benchmarks/bench_training.py [--n 1024] [--steps 20] [--repeat 3] [--json OUT]
-        [--only pipeline,cached,inference,augment,determinism]
+        [--only pipeline,cached,inference,augment,determinism,architectures]
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ import tensorflow as tf  # noqa: E402
 from melanoma.config import AugmentParams, BaselineParams, CnnParams, TrainParams, TransferParams  # noqa: E402
 from melanoma.models.baseline import fit_baseline  # noqa: E402
 from melanoma.models.cnn import build_cnn  # noqa: E402
-from melanoma.models.deep.data import augment_batch, make_dataset  # noqa: E402
+from melanoma.models.deep.data import augment_batch, class_weights, make_dataset  # noqa: E402
 from melanoma.models.deep.loop import (  # noqa: E402
     KerasClassifier,
     LoopSettings,
@@ -99,7 +105,8 @@ BATCH = 64
 PREDICT_BATCH = 128
 TARGET_PIPELINE = 0.9  # pipeline / in-memory training throughput
 TARGET_CACHED = 5.0  # naive epoch / cached-feature epoch
-SECTIONS = ("pipeline", "cached", "inference", "augment", "determinism")
+# architectures last: it turns op determinism on, which is process-wide
+SECTIONS = ("pipeline", "cached", "inference", "augment", "determinism", "architectures")
 TARGET_AUGMENT = 2.0  # old all-transforms / one-transform flips and rotations, CPU per batch
 
 
@@ -645,6 +652,80 @@ def bench_determinism(args: argparse.Namespace) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- 6. architectures
+
+# (label, CnnParams, augmentation): the default plain CNN first, the reference of every ratio.
+ARCHITECTURES: tuple[tuple[str, CnnParams, AugmentParams], ...] = (
+    ("plain [16,32,64] x2 convs (default)", CnnParams(), AugmentParams()),
+    ("residual [16,32,64] x1", CnnParams(architecture="residual", filters=(16, 32, 64)), AugmentParams()),
+    ("residual [16,32,64] x2", CnnParams(architecture="residual", filters=(16, 32, 64), blocks_per_stage=2),
+     AugmentParams()),
+    ("residual [32,64,128] x1", CnnParams(architecture="residual", filters=(32, 64, 128)), AugmentParams()),
+    ("residual [16,32,64,128] x1", CnnParams(architecture="residual", filters=(16, 32, 64, 128)),
+     AugmentParams()),
+    ("residual [16,32,64] x1 + mixup/cutmix", CnnParams(architecture="residual", filters=(16, 32, 64)),
+     AugmentParams(mixup=0.2, cutmix=1.0)),
+)  # fmt: skip
+
+
+def bench_architectures(x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
+    steps = -(-len(y) // BATCH)  # one epoch
+    print(
+        f"\n== 6. architectures: seconds per epoch of {len(y)} images ({steps} steps of {BATCH}), "
+        f"{SIZE}x{SIZE}, pipeline with augmentation and class weights, op determinism on; "
+        f"best of {args.repeat} interleaved passes"
+    )
+    seed_everything(args.seed, deterministic=True)  # as `train` runs (process-wide: the last section)
+    cw = class_weights(y)
+    runs = []
+    for label, params, aug in ARCHITECTURES:
+        keras.utils.set_random_seed(args.seed)
+        model = build_cnn(SIZE, params)
+        compile_for(model, 1e-3, "constant", 1)
+        ds = make_dataset(x, y, BATCH, training=True, seed=args.seed, augment=aug, class_weight=cw).repeat()
+        runs.append((label, model, iter(ds)))
+
+    def one_pass(model: keras.Model, batches: object, n_steps: int) -> Pass:
+        # train_on_batch on the stream's batches: the same step fit() runs, no per-pass fit() set-up.
+        p = Pass()
+        with measured(p):
+            for _ in range(n_steps):
+                xb, yb, wb = next(batches)  # type: ignore[call-overload]
+                model.train_on_batch(xb, yb, sample_weight=wb)
+        p.value = p.seconds / n_steps
+        return p
+
+    for _, model, batches in runs:  # trace the step, fill the shuffle buffer
+        one_pass(model, batches, 2)
+    best = [Pass() for _ in runs]
+    for _ in range(args.repeat):
+        for i, (_, model, batches) in enumerate(runs):
+            p = one_pass(model, batches, steps)
+            if best[i].seconds == float("inf") or p.value < best[i].value:
+                best[i] = p
+    base = best[0].value
+    base_cpu = best[0].cpu_seconds
+    # CPU seconds of this process per epoch: less sensitive than wall time to other processes' load.
+    print(
+        f"   {'model':<40}{'params':>9}{'s/epoch':>9}{'vs plain':>10}{'CPU s/epoch':>13}{'vs plain':>10}"
+        f"{'other load':>12}"
+    )
+    rows = []
+    for (label, model, _), p in zip(runs, best, strict=True):
+        cpu = p.cpu_seconds  # a timed pass is one epoch's steps
+        cpu_ratio = None if cpu is None or not base_cpu else cpu / base_cpu
+        print(
+            f"   {label:<40}{model.count_params():>9,}{p.value * steps:>9.1f}{p.value / base:>10.2f}"
+            f"{'n/a' if cpu is None else f'{cpu:.1f}':>13}{'n/a' if cpu_ratio is None else f'{cpu_ratio:.2f}':>10}"
+            f"{fmt_load(p):>12}"
+        )
+        rows.append({"model": label, "params": int(model.count_params()), "seconds_per_epoch": p.value * steps,
+                     "ratio_to_plain": p.value / base, "cpu_seconds_per_epoch": cpu, "cpu_ratio_to_plain": cpu_ratio,
+                     "other_load_cores": p.foreign_cores})  # fmt: skip
+    print("   " + verdict(True, *best).replace("PASS", "context"))
+    return {"images": len(y), "steps_per_epoch": steps, "rows": rows, "clean": not any(busy(p) for p in best)}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -662,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aug-iters", type=int, default=30, help="augmented batches per pass (check 4)")
     ap.add_argument("--det-n", type=int, default=512, help="training images per epoch (check 5)")
     ap.add_argument("--det-epochs", type=int, default=3, help="epochs per child (check 5); the first traces")
+    ap.add_argument("--arch-n", type=int, default=1024, help="training images per epoch (check 6)")
     ap.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
@@ -685,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         f"cpu_count {cores}, repeat {args.repeat}"
     )
     t0 = time.perf_counter()
-    x, y = synth_images(max(args.n, args.transfer_n), SIZE, args.seed)
+    x, y = synth_images(max(args.n, args.transfer_n, args.arch_n), SIZE, args.seed)
     print(
         f"(made {len(y)} synthetic {SIZE}x{SIZE} images, {y.mean():.0%} positive, in {time.perf_counter() - t0:.1f}s)"
     )
@@ -715,8 +797,10 @@ def main(argv: list[str] | None = None) -> int:
             results["inference"] = bench_inference(x[: args.n], y[: args.n], transfer_model, args)
         elif name == "augment":
             results["augment"] = checks["augment"] = bench_augment(x, args)
-        else:
+        elif name == "determinism":
             results["determinism"] = bench_determinism(args)
+        else:
+            results["architectures"] = bench_architectures(x[: args.arch_n], y[: args.arch_n], args)
         sections[name] = time.perf_counter() - t0
     results["section_seconds"] = sections
 
