@@ -61,9 +61,8 @@ def build_residual_cnn(image_size: int, params: CnnParams) -> keras.Model:
     per ``filters`` entry, a final BN + ReLU, then the same head as the plain CNN.
 
     Pre-activation blocks (BN, ReLU, conv, twice; see ``_residual_block``): the sum is never passed
-    through a ReLU, so every block adds to a clean identity path; He et al. found this trains deeper
-    stacks more easily and generalises better than post-activation, and on small data it lets a
-    block start close to the identity. Downsampling is a stride-2 first conv in every stage after
+    through a ReLU, so every block adds to a clean identity path; He et al. found this easier to
+    optimise and less prone to overfitting than post-activation (not measured here). Downsampling is a stride-2 first conv in every stage after
     the first (a learned downsampling, cheaper than a full-resolution conv followed by max-pooling).
     """
     reg = keras.regularizers.L2(params.weight_decay) if params.weight_decay > 0 else None
