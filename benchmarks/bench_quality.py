@@ -1,21 +1,29 @@
-"""Model quality on a real folder dataset, through the pipeline's own code, end to end.
+"""Model quality on a real folder dataset, through the pipeline's own code: an ablation table.
 
-    import_folder (into a temp raw dir) -> prepare -> split_frame -> fit_model (baseline, cnn,
-    transfer) -> threshold on val (choose_threshold) -> test metrics (score_metrics, bootstrap CI)
+    import_folder (into a temp raw dir) -> prepare -> split_frame -> fit_model per variant
+    -> threshold on val (choose_threshold) -> test metrics (score_metrics, bootstrap CI)
+    -> paired bootstrap CI of (variant - baseline) test ROC AUC on the same test images
 
-Params are ``melanoma.config.Params()`` (the code defaults, not params.yaml) unless ``--params FILE``
-is given; ``--epochs`` caps the deep models' epochs (train.epochs) for time and ``--set KEY=VALUE``
-overrides any dotted key (YAML value, validated like params.yaml), e.g. ``--set cnn.filters=[16,32,64]``
-or ``--set prepare.image_size=128``. Prints per model: test ROC AUC with its 95 % bootstrap CI,
-PR AUC, sensitivity / specificity at the validation threshold, and training time.
+A *variant* is a model family plus param overrides, e.g. ``cnn-res=cnn;cnn.architecture=residual``.
+``--plan issue12`` runs the issue's ablation (baseline; plain CNN; residual CNN; + mixup / cutmix;
+transfer). For each trained variant the benchmark also scores, without retraining:
 
-The Kaggle "malignant vs benign" folder (train|test/benign|malignant, 3,297 images at 224x224)
-takes ~13 minutes on 2 cores at the default 35 CNN epochs (~17 s each here; ``--epochs`` caps
-them). Its own train/test folders are ignored and the images re-split with the default SplitParams
-(no patient ids there, so every image is its own group). The imported files are hardlinks (or copies) in a temp dir that is removed at the end.
+- ``+tta``: the same model under test-time augmentation (mean over the 8 flips/rotations,
+  ``melanoma.models.tta``);
+- calibration: ECE and Brier on test before and after each calibration method fitted on val
+  (``melanoma.models.calibration``);
+- ensembles (``--ensemble a+b[+c]``, variant labels): ``melanoma.models.ensemble`` on the saved
+  variant folders, stacked or rank-averaged on validation, exactly as the pipeline's ensemble stage.
+
+Every choice is made on validation (thresholds, calibration, ensemble weights); the test split is
+only scored. Trained variants are cached under ``--cache`` (default ``benchmarks/.cache/quality``)
+keyed by their overrides, so adding a variant or an ensemble reruns only what is new.
+
+Params are ``melanoma.config.Params()`` (the code defaults, not params.yaml) unless ``--params FILE``;
+``--set KEY=VALUE`` overrides a dotted key for every variant; ``--epochs`` caps train.epochs.
 
     .venv/bin/python benchmarks/bench_quality.py --data ../shared/datasets/kaggle-isic-malignant-vs-benign \\
-        [--epochs N] [--models baseline,cnn,transfer] [--set KEY=VALUE] [--bootstrap 500] [--json OUT]
+        --plan issue12 [--variant LABEL=MODEL;KEY=VALUE;...] [--ensemble cnn+baseline] [--json OUT] [--markdown OUT]
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the importer's and prepare's progr
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -40,6 +50,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,40 +60,75 @@ except ImportError:  # not installed into the interpreter: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
 from melanoma.config import FolderParams, Params, load_params, params_from_dict  # noqa: E402
-from melanoma.contracts import load_prepared, split_arrays  # noqa: E402
+from melanoma.contracts import load_prepared, split_arrays, write_model_json  # noqa: E402
 from melanoma.evaluate import score_metrics  # noqa: E402
-from melanoma.metrics import choose_threshold, grouped_bootstrap_ci, safe_auc  # noqa: E402
+from melanoma.metrics import (  # noqa: E402
+    choose_threshold,
+    expected_calibration_error,
+    grouped_bootstrap_ci,
+    safe_auc,
+)
 from melanoma.prepare import prepare  # noqa: E402
 from melanoma.sources.folder import import_folder  # noqa: E402
 from melanoma.split import split_frame  # noqa: E402
 from melanoma.train import fit_model  # noqa: E402
 
 DEFAULT_DATA = "../shared/datasets/kaggle-isic-malignant-vs-benign"
+DEFAULT_CACHE = ROOT / "benchmarks" / ".cache" / "quality"
 MODELS = ("baseline", "cnn", "transfer")
+PLANS: dict[str, list[str]] = {
+    "issue12": [
+        "baseline=baseline",
+        "cnn=cnn",
+        "cnn-res=cnn;cnn.architecture=residual",
+        "cnn-res-mixup=cnn;cnn.architecture=residual;train.augment.mixup=0.2",
+        "cnn-res-cutmix=cnn;cnn.architecture=residual;train.augment.cutmix=1.0",
+        "transfer=transfer",
+    ],
+    "default": ["baseline=baseline", "cnn=cnn", "transfer=transfer"],
+}
+CALIBRATIONS = ("temperature", "platt", "isotonic")
 warnings.filterwarnings("ignore", message="`shuffle=True` was passed")  # fit on a tf.data.Dataset
 
 
-def build_params(args: argparse.Namespace) -> Params:
-    """Code defaults (or --params FILE), then --epochs and --set overrides, validated as params.yaml is."""
-    base = load_params(args.params) if args.params else Params()
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A labelled model family with its own param overrides."""
+
+    label: str
+    model: str
+    overrides: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        head, *overrides = [part.strip() for part in text.split(";") if part.strip()]
+        label, sep, model = head.partition("=")
+        if not sep or model not in MODELS:
+            raise SystemExit(f"--variant {text!r}: expected LABEL=MODEL[;KEY=VALUE...], MODEL in {MODELS}")
+        return cls(label.strip(), model.strip(), tuple(overrides))
+
+
+def apply_overrides(base: Params, overrides: list[str] | tuple[str, ...]) -> Params:
+    """``KEY=VALUE`` dotted overrides (YAML values), validated as params.yaml is."""
     data: dict[str, Any] = dataclasses.asdict(base)
-    overrides = list(args.set)
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+            raise SystemExit(f"override {item!r}: expected KEY=VALUE")
         node = data
         *parents, leaf = key.strip().split(".")
         for part in parents:
             if not isinstance(node.get(part), dict):
-                raise SystemExit(f"--set {item!r}: {part!r} is not a params section")
+                raise SystemExit(f"override {item!r}: {part!r} is not a params section")
             node = node[part]
         if leaf not in node:
-            raise SystemExit(f"--set {item!r}: unknown key {key!r}")
+            raise SystemExit(f"override {item!r}: unknown key {key!r}")
         node[leaf] = yaml.safe_load(raw)
     return params_from_dict(data)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class EpochPrinter:
@@ -105,46 +151,243 @@ class EpochPrinter:
         )
 
 
-def run_model(
-    name: str, data: dict[str, tuple[np.ndarray, np.ndarray]], groups: np.ndarray, params: Params, seed: int
-) -> dict[str, Any]:
-    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data["train"], data["val"], data["test"]
+@dataclasses.dataclass
+class Data:
+    """One prepared, split dataset in memory."""
+
+    images: np.ndarray
+    frames: dict[str, pd.DataFrame]
+    summary: dict[str, Any]
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return split_arrays(self.images, self.frames[name])
+
+    def meta(self, name: str) -> pd.DataFrame:
+        return self.frames[name].reset_index(drop=True)
+
+    def test_ids(self) -> list[str]:
+        return self.frames["test"]["isic_id"].astype(str).tolist()
+
+
+def load_data(data_dir: Path, params: Params, cache: Path) -> Data:
+    """Import, prepare and split (cached per prepare/split params: the same images every run)."""
+    key = digest(
+        {
+            "data": str(data_dir),
+            "prepare": dataclasses.asdict(params.prepare),
+            "split": dataclasses.asdict(params.split),
+            "seed": params.base.seed,
+        }
+    )
+    where = cache / f"data-{key}"
+    if not (where / "prepared" / "index.csv").is_file():
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+            ingest = import_folder(Path(tmp) / "raw", FolderParams(path=str(data_dir)), params.base.seed)
+            staging = Path(tmp) / "prepared"
+            report = prepare(Path(tmp) / "raw", staging, params.prepare)
+            where.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(where / "prepared", ignore_errors=True)
+            shutil.copytree(staging, where / "prepared")
+        summary = {
+            "n_files": ingest["n_image_files"],
+            "n_kept": report["n_kept"],
+            "n_malignant": report["n_melanoma"],
+            "n_duplicates": report["n_duplicates"],
+            "n_corrupt": report["n_corrupt"],
+            "prepare_seconds": round(time.perf_counter() - t0, 1),
+        }
+        (where / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = json.loads((where / "summary.json").read_text())
+    images, index = load_prepared(where / "prepared")
+    frames = split_frame(index, params.split, params.base.seed)
+    return Data(np.asarray(images), frames, summary)
+
+
+def variant_dir(cache: Path, v: Variant, params: Params) -> Path:
+    """The cache folder of a trained variant: keyed by the params its training reads (only)."""
+    sections = ["base", "prepare", "split", v.model] + (["train"] if v.model != "baseline" else [])
+    used = {name: dataclasses.asdict(getattr(params, name)) for name in sections}
+    if v.model == "baseline":
+        used["target_sensitivity"] = params.train.target_sensitivity
+    for section in used.values():  # prediction-time switches the benchmark scores separately
+        if isinstance(section, dict):
+            section.pop("tta", None)
+    return cache / "variants" / f"{v.label}-{digest([v.model, used])}"
+
+
+def train_variant(v: Variant, data: Data, params: Params, where: Path) -> dict[str, Any]:
+    """Fit (unless cached), save the model folder, and keep raw val/test probabilities."""
+    result_file = where / "result.json"
+    if result_file.is_file():
+        print(f"   (cached: {where.name})")
+        return json.loads(result_file.read_text())
+    (x_tr, y_tr), (x_val, y_val), (x_te, _) = data.split("train"), data.split("val"), data.split("test")
     strategy = None
-    if name != "baseline":
+    if v.model != "baseline":
         from melanoma.models.deep.loop import make_strategy
 
         strategy = make_strategy(params.train.strategy, params.train.devices)
-    printer = EpochPrinter(name, show=name == "cnn")  # the transfer head's epochs take ~0.1 s each
+    printer = EpochPrinter(v.label, show=v.model == "cnn")
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        model, info = fit_model(name, x_tr, y_tr, x_val, y_val, params, strategy=strategy, on_epoch=printer)
+        model, info = fit_model(
+            v.model, x_tr, y_tr, x_val, y_val, params, strategy=strategy, on_epoch=printer
+        )
     train_seconds = time.perf_counter() - t0
+    history = info.pop("history", None)
     t1 = time.perf_counter()
     p_val = model.predict_proba(x_val).astype(np.float64)
-    threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
     p_test = model.predict_proba(x_te).astype(np.float64)
     predict_seconds = time.perf_counter() - t1
-    metrics = score_metrics(y_te, p_test, groups, threshold, params.evaluate, seed)
-    history = info.pop("history", None)
-    return {
-        "val_roc_auc": safe_auc(y_val, p_val),
-        "threshold": threshold,
-        "test": metrics,
-        "train_seconds": train_seconds,
-        "predict_seconds": predict_seconds,
-        "info": info,
-        "epochs": printer.rows or history,
-        "p_test": p_test,  # for the paired comparison; not written to the JSON
+    shutil.rmtree(where, ignore_errors=True)
+    (where / "model").mkdir(parents=True)
+    model.save(where / "model")
+    model_info = {
+        "name": v.model,
+        "family": model.family,
+        "image_size": model.image_size,
+        "fit": model.fit,
+        "threshold": choose_threshold(y_val, p_val, params.train.target_sensitivity),
+        **{k: val for k, val in info.items() if k not in ("history",)},
     }
+    write_model_json(where / "model", model_info)
+    result = {
+        "label": v.label,
+        "model": v.model,
+        "overrides": list(v.overrides),
+        "train_seconds": round(train_seconds, 1),
+        "predict_seconds": round(predict_seconds, 2),
+        "epochs_run": info.get("epochs_run"),
+        "best_epoch": info.get("best_epoch"),
+        "n_params": info.get("n_params"),
+        "info": {k: val for k, val in info.items() if isinstance(val, str | int | float | bool | type(None))},
+        "epochs": printer.rows or history,
+        "p_val": p_val.tolist(),
+        "p_test": p_test.tolist(),
+    }
+    result_file.write_text(json.dumps(result, default=_jsonable))
+    return result
 
 
-def describe(name: str, r: dict[str, Any]) -> str:
-    info = r["info"]
-    if name == "baseline":
-        return f"candidate {info.get('candidate')}"
-    if name == "cnn":
-        return f"{info.get('epochs_run')} epochs, best {int(info.get('best_epoch') or 0) + 1}, {info.get('n_params'):,} params"
-    return f"{info.get('backbone')} weights={info.get('weights')}, {info.get('n_params'):,} params"
+def tta_probabilities(where: Path, data: Data) -> tuple[np.ndarray, np.ndarray]:
+    """The saved model under the 8-view test-time augmentation (cached beside the model)."""
+    cached = where / "tta.npz"
+    if cached.is_file():
+        z = np.load(cached)
+        return z["val"], z["test"]
+    from melanoma.models import load_model
+    from melanoma.models.tta import TTAClassifier
+
+    model = TTAClassifier(load_model(where / "model"))
+    p_val = model.predict_proba(data.split("val")[0]).astype(np.float64)
+    p_test = model.predict_proba(data.split("test")[0]).astype(np.float64)
+    np.savez(cached, val=p_val, test=p_test)
+    return p_val, p_test
+
+
+def score(
+    label: str, p_val: np.ndarray, p_test: np.ndarray, data: Data, params: Params, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Threshold on val, test metrics with CIs."""
+    y_val, y_te = data.split("val")[1], data.split("test")[1]
+    groups = data.frames["test"]["group"].astype(str).to_numpy()
+    threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
+    test = score_metrics(y_te, p_test, groups, threshold, params.evaluate, params.base.seed)
+    return {"label": label, "val_roc_auc": safe_auc(y_val, p_val), "test": test, **extra}
+
+
+def paired_difference(
+    p_a: np.ndarray, p_b: np.ndarray, data: Data, params: Params
+) -> tuple[float, float, float]:
+    """AUC(a) - AUC(b) on the same test images, with a paired grouped bootstrap CI."""
+    y_te = data.split("test")[1]
+    groups = data.frames["test"]["group"].astype(str).to_numpy()
+    pair = np.stack([p_a, p_b], axis=1)
+    lo, hi = grouped_bootstrap_ci(
+        y_te, pair, groups, _auc_difference, params.evaluate.bootstrap, params.evaluate.ci, params.base.seed
+    )
+    return safe_auc(y_te, p_a) - safe_auc(y_te, p_b), lo, hi
+
+
+def calibration_rows(
+    label: str, p_val: np.ndarray, p_test: np.ndarray, data: Data, bins: int, seed: int
+) -> list[dict]:
+    """ECE / Brier before and after each method: out-of-fold on val (to choose by) and on test.
+
+    The validation figure fits each calibrator on 4/5 of the val split and scores the held-out fifth
+    (stratified, seeded), so the method can be chosen without looking at the test split.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from melanoma.models.calibration import fit_calibrator
+
+    y_val, y_te = data.split("val")[1], data.split("test")[1]
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(p_val, y_val))
+    rows = []
+    for method in ("none", *CALIBRATIONS):
+        oof = np.empty_like(p_val)
+        for fit_idx, held in folds:
+            oof[held] = fit_calibrator(method, y_val[fit_idx], p_val[fit_idx]).apply(p_val[held])
+        q = np.asarray(fit_calibrator(method, y_val, p_val).apply(p_test), dtype=np.float64)
+        rows.append(
+            {
+                "label": label,
+                "method": method,
+                "val_ece_oof": expected_calibration_error(y_val, oof, bins),
+                "val_brier_oof": float(np.mean((oof - y_val) ** 2)),
+                "ece": expected_calibration_error(y_te, q, bins),
+                "brier": float(np.mean((q - y_te) ** 2)),
+                "roc_auc": safe_auc(y_te, q),
+            }
+        )
+    return rows
+
+
+def ensemble_probabilities(
+    members: list[str],
+    variants: dict[str, Variant],
+    dirs: dict[str, Path],
+    data: Data,
+    params: Params,
+    method: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The pipeline's ensemble (``fit_ensemble``) over saved variant folders: out-of-fold val, test.
+
+    A member ``LABEL/tta`` is that variant's folder marked for test-time augmentation, as the
+    pipeline's member would be with ``<family>.tta: true``. Members must be distinct families (the
+    ensemble's members are named by family).
+    """
+    from melanoma.config import EnsembleParams
+    from melanoma.contracts import read_model_json
+    from melanoma.models.ensemble import fit_ensemble
+
+    by_family: dict[str, Path] = {}
+    for m in members:
+        label, tta = m.removesuffix("/tta"), m.endswith("/tta")
+        family, folder = variants[label].model, dirs[label]
+        if family in by_family:
+            raise SystemExit(f"--ensemble: two members of family {family!r}")
+        if tta:
+            marked = folder.parent / "model-tta"
+            if not marked.is_dir():
+                shutil.copytree(folder, marked)
+                write_model_json(marked, {**read_model_json(folder), "tta": True})
+            folder = marked
+        by_family[family] = folder
+    x_val, y_val = data.split("val")
+    model, info = fit_ensemble(
+        by_family,
+        x_val,
+        y_val,
+        EnsembleParams(members=tuple(by_family), method=method),
+        params.base.seed,
+        params.prepare.image_size,
+        params.prepare.fit,
+    )
+    p_val = np.asarray(info.pop("val_proba_oof"), dtype=np.float64)
+    p_test = model.predict_proba(data.split("test")[0]).astype(np.float64)
+    return p_val, p_test, {k: v for k, v in info.items() if isinstance(v, str | int | float)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,127 +395,189 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--data", default=DEFAULT_DATA, help=f"folder of class subfolders (default {DEFAULT_DATA})"
     )
+    ap.add_argument("--plan", choices=sorted(PLANS), default=None, help="a built-in list of variants")
     ap.add_argument(
-        "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
+        "--variant", action="append", default=[], metavar="LABEL=MODEL;KEY=VALUE;...", help="add a variant"
     )
+    ap.add_argument(
+        "--models", default="", help="shorthand: comma-separated families, one plain variant each"
+    )
+    ap.add_argument(
+        "--ensemble", action="append", default=[], metavar="A+B[/tta][+C][:rank_mean]", help="variants to ensemble"
+    )
+    ap.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation scores")
     ap.add_argument(
         "--params", type=Path, default=None, help="a params.yaml to start from (default: code defaults)"
     )
     ap.add_argument("--epochs", type=int, default=None, help="cap train.epochs (the deep models) for time")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a dotted param")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every variant"
+    )
     ap.add_argument(
         "--bootstrap", type=int, default=None, help="bootstrap resamples (default evaluate.bootstrap)"
     )
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="trained variants are kept here")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    ap.add_argument(
+        "--markdown", type=Path, default=None, help="also write the ablation table as Markdown here"
+    )
     args = ap.parse_args(argv)
-    if args.bootstrap is not None:
-        args.set.append(f"evaluate.bootstrap={args.bootstrap}")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown:
-        ap.error(f"unknown model(s) {', '.join(unknown)}; expected some of {', '.join(MODELS)}")
+
     data_dir = Path(args.data)
     data_dir = data_dir if data_dir.is_absolute() else (Path.cwd() / data_dir)
-    if not data_dir.is_dir() and not Path(args.data).is_absolute():
-        data_dir = ROOT / args.data
     if not data_dir.is_dir():
         ap.error(f"--data {args.data}: folder not found")
-    params = build_params(args)
-    seed = params.base.seed
+    data_dir = data_dir.resolve()
+    shorthand = [f"{m.strip()}={m.strip()}" for m in args.models.split(",") if m.strip()]
+    variants = [Variant.parse(t) for t in (PLANS[args.plan] if args.plan else []) + shorthand + args.variant]
+    if not variants:
+        variants = [Variant.parse(t) for t in PLANS["default"]]
+    if len({v.label for v in variants}) != len(variants):
+        ap.error("variant labels must be distinct")
+    common = list(args.set)
+    if args.epochs is not None:
+        common.append(f"train.epochs={args.epochs}")
+    if args.bootstrap is not None:
+        common.append(f"evaluate.bootstrap={args.bootstrap}")
+    base = apply_overrides(load_params(args.params) if args.params else Params(), common)
     logging.basicConfig(level=logging.WARNING, format="   %(levelname)s %(name)s: %(message)s")
 
     t_start = time.perf_counter()
-    cores = os.cpu_count() or 1
-    print(f"bench_quality: {data_dir.resolve()}, cpu_count {cores}, models {', '.join(models)}, seed {seed}")
+    print(f"bench_quality: {data_dir}, cpu_count {os.cpu_count()}, seed {base.base.seed}")
+    reference = load_data(data_dir, base, args.cache)
     print(
-        f"   prepare.image_size {params.prepare.image_size} ({params.prepare.fit}); train.epochs {params.train.epochs} "
-        f"(patience {params.train.early_stopping_patience} from epoch {params.train.early_stopping_start}, {params.train.lr_schedule}, {params.train.class_balance}); "
-        f"cnn.filters {list(params.cnn.filters)}; transfer {params.transfer.backbone} "
-        f"head_epochs {params.transfer.head_epochs}; bootstrap {params.evaluate.bootstrap}"
+        f"   {reference.summary}; split "
+        + ", ".join(f"{s} {len(f)} ({int(f['label'].sum())} malignant)" for s, f in reference.frames.items())
     )
-    results: dict[str, Any] = {
-        "data": str(data_dir.resolve()),
-        "params": dataclasses.asdict(params),
-        "overrides": args.set + ([f"train.epochs={args.epochs}"] if args.epochs is not None else []),
-        "models": {},
-    }
-    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-        t0 = time.perf_counter()
-        ingest = import_folder(Path(tmp) / "raw", FolderParams(path=str(data_dir)), seed)
-        report = prepare(Path(tmp) / "raw", Path(tmp) / "prepared", params.prepare)
-        images, index = load_prepared(Path(tmp) / "prepared")
-        images = np.asarray(images)  # into memory: the temp dir goes away before the models are done
-        frames = split_frame(index, params.split, seed)
-        prep_seconds = time.perf_counter() - t0
-    print(
-        f"   imported {ingest['n_image_files']} files, kept {report['n_kept']} ({report['n_melanoma']} malignant, "
-        f"{report['melanoma_fraction']:.1%}; {report['n_duplicates']} duplicate, {report['n_corrupt']} corrupt dropped) "
-        f"in {prep_seconds:.0f}s"
-    )
-    data = {s: split_arrays(images, frames[s]) for s in ("train", "val", "test")}
-    print(
-        "   split: "
-        + ", ".join(f"{s} {len(y)} ({int(y.sum())} malignant)" for s, (_, y) in data.items())
-        + f"; {frames['test']['group'].nunique()} test groups"
-    )
-    groups = frames["test"]["group"].astype(str).to_numpy()
-    results["data_summary"] = {
-        "n_kept": report["n_kept"],
-        "n_malignant": report["n_melanoma"],
-        "splits": {s: {"n": len(y), "n_malignant": int(y.sum())} for s, (_, y) in data.items()},
-        "prepare_seconds": prep_seconds,
-    }
-
-    for name in models:
-        print(f"\n== {name}")
-        r = run_model(name, data, groups, params, seed)
-        results["models"][name] = r
-        t = r["test"]
-        print(
-            f"   {describe(name, r)}; trained in {r['train_seconds']:.0f}s; val AUC {r['val_roc_auc']:.4f}; "
-            f"test ROC AUC {t['roc_auc']:.4f} [{t['roc_auc_ci_low']:.4f}, {t['roc_auc_ci_high']:.4f}]"
-        )
-
-    ci = round(100 * params.evaluate.ci)
-    print(
-        f"\n== test set ({len(data['test'][1])} images), threshold chosen on val; {ci}% CI, bootstrap {params.evaluate.bootstrap}"
-    )
-    print(
-        f"   {'model':<10}{'ROC AUC':>9}{f'{ci}% CI':>18}{'PR AUC':>8}{'sens':>7}{'spec':>7}"
-        f"{'spec@sens90':>13}{'train s':>9}{'s/epoch':>9}"
-    )
-    for name, r in results["models"].items():
-        t = r["test"]
-        per_epoch = "-"
-        if name == "cnn" and r["info"].get("epochs_run"):
-            per_epoch = f"{r['train_seconds'] / r['info']['epochs_run']:.0f}"
-        interval = f"[{t['roc_auc_ci_low']:.4f}, {t['roc_auc_ci_high']:.4f}]"
-        print(
-            f"   {name:<10}{t['roc_auc']:>9.4f}{interval:>18}"
-            f"{t['pr_auc']:>8.4f}{t['sensitivity']:>7.3f}{t['specificity']:>7.3f}{t['spec_at_sens_90']:>13.3f}"
-            f"{r['train_seconds']:>9.0f}{per_epoch:>9}"
-        )
-    probs = {name: r.pop("p_test") for name, r in results["models"].items()}
-    if "baseline" in probs:
-        # Paired: both models scored on the same bootstrap resamples of the test set.
-        y_te = data["test"][1]
-        for name in ("cnn", "transfer"):
-            if name not in probs:
-                continue
-            pair = np.stack([probs[name], probs["baseline"]], axis=1)
-            diff = safe_auc(y_te, pair[:, 0]) - safe_auc(y_te, pair[:, 1])
-            lo, hi = grouped_bootstrap_ci(
-                y_te, pair, groups, _auc_difference, params.evaluate.bootstrap, params.evaluate.ci, seed
+    rows: dict[str, dict[str, Any]] = {}
+    probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    dirs: dict[str, Path] = {}
+    calib: list[dict[str, Any]] = []
+    for v in variants:
+        params = apply_overrides(base, v.overrides)
+        data = load_data(data_dir, params, args.cache)
+        if data.test_ids() != reference.test_ids():
+            print(
+                f"   {v.label}: its prepare/split params give other test images; not paired with the others"
             )
-            results["models"][name]["roc_auc_minus_baseline"] = {"diff": diff, "ci_low": lo, "ci_high": hi}
-            print(f"   {name} - baseline ROC AUC = {diff:+.4f}  paired {ci}% CI [{lo:+.4f}, {hi:+.4f}]")
-    results["seconds"] = time.perf_counter() - t_start
-    print(f"\n({results['seconds']:.0f}s in all)")
+        where = variant_dir(args.cache, v, params)
+        print(f"\n== {v.label} ({v.model}{'; ' + '; '.join(v.overrides) if v.overrides else ''})")
+        r = train_variant(v, data, params, where)
+        p_val, p_test = np.asarray(r["p_val"]), np.asarray(r["p_test"])
+        cost = {k: r[k] for k in ("train_seconds", "epochs_run", "best_epoch", "n_params", "overrides")}
+        cost["candidate"] = r["info"].get("candidate")
+        rows[v.label] = score(v.label, p_val, p_test, data, params, cost)
+        probs[v.label], dirs[v.label] = (p_val, p_test), where / "model"
+        calib += calibration_rows(
+            v.label, p_val, p_test, data, params.evaluate.calibration_bins, params.base.seed
+        )
+        if not args.no_tta:
+            t0 = time.perf_counter()
+            tv, tt = tta_probabilities(where, data)
+            label = f"{v.label}+tta"
+            rows[label] = score(label, tv, tt, data, params, {**cost, "tta": True})
+            probs[label] = (tv, tt)
+            print(f"   tta scored in {time.perf_counter() - t0:.0f}s")
+        _print_row(rows[v.label])
+    for spec in args.ensemble:
+        names, _, method = spec.partition(":")
+        members = names.split("+")
+        missing = [m for m in members if m.removesuffix("/tta") not in dirs]
+        if missing:
+            ap.error(f"--ensemble {spec}: unknown variant(s) {missing}")
+        label = f"ensemble({'+'.join(members)}{', ' + method if method else ''})"
+        print(f"\n== {label}")
+        t0 = time.perf_counter()
+        by_label = {v.label: v for v in variants}
+        method = method or base.ensemble.method
+        ev, et, einfo = ensemble_probabilities(members, by_label, dirs, reference, base, method)
+        train_s = sum(rows[m.removesuffix("/tta")]["train_seconds"] for m in members)
+        cost = {"train_seconds": round(train_s, 1), "members": members}
+        rows[label] = score(label, ev, et, reference, base, {**cost, **einfo})
+        probs[label] = (ev, et)
+        calib += calibration_rows(label, ev, et, reference, base.evaluate.calibration_bins, base.base.seed)
+        print(f"   combined in {time.perf_counter() - t0:.0f}s")
+        _print_row(rows[label])
+
+    baseline = next((v.label for v in variants if v.model == "baseline"), None)
+    if baseline is not None:
+        for label, row in rows.items():
+            if label != baseline:
+                d, lo, hi = paired_difference(probs[label][1], probs[baseline][1], reference, base)
+                row["minus_baseline"] = {"diff": d, "ci_low": lo, "ci_high": hi}
+    table = markdown_table(rows, calib, reference, base, baseline)
+    print("\n" + table)
+    seconds = time.perf_counter() - t_start
+    print(f"({seconds:.0f}s in all)")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
+        out = {
+            "data": str(data_dir),
+            "data_summary": reference.summary,
+            "params": dataclasses.asdict(base),
+            "rows": rows,
+            "calibration": calib,
+            "seconds": seconds,
+        }
+        args.json.write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    t = row["test"]
+    print(
+        f"   {row['label']}: val AUC {row['val_roc_auc']:.4f}; test ROC AUC {t['roc_auc']:.4f} "
+        f"[{t['roc_auc_ci_low']:.4f}, {t['roc_auc_ci_high']:.4f}]; trained in {row['train_seconds']:.0f}s"
+    )
+
+
+def markdown_table(
+    rows: dict[str, dict[str, Any]],
+    calib: list[dict[str, Any]],
+    data: Data,
+    params: Params,
+    baseline: str | None,
+) -> str:
+    """The README's quality table: one row per variant, paired difference to the baseline."""
+    ci = round(100 * params.evaluate.ci)
+    n_test = len(data.frames["test"])
+    lines = [
+        f"Test split: {n_test} images ({int(data.frames['test']['label'].sum())} malignant); thresholds, "
+        f"calibration and ensemble weights fitted on validation ({len(data.frames['val'])} images); "
+        f"{ci}% CIs from {params.evaluate.bootstrap} bootstrap resamples (paired for the difference).",
+        "",
+        f"| variant | val AUC | test ROC AUC [{ci}% CI] | − {baseline or 'baseline'} [paired {ci}% CI] "
+        "| sens / spec | train time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, row in rows.items():
+        t = row["test"]
+        diff = row.get("minus_baseline")
+        shown = (
+            "—" if diff is None else f"{diff['diff']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]"
+        )
+        secs = row.get("train_seconds")
+        epochs = f", {row['epochs_run']} ep" if row.get("epochs_run") else ""
+        lines.append(
+            f"| {label} | {row['val_roc_auc']:.3f} | {t['roc_auc']:.3f} [{t['roc_auc_ci_low']:.3f}, "
+            f"{t['roc_auc_ci_high']:.3f}] | {shown} | {t['sensitivity']:.2f} / {t['specificity']:.2f} "
+            f"| {secs / 60:.1f} min{epochs} |"
+        )
+    lines += [
+        "",
+        "| model | calibration | val ECE (out-of-fold) | val Brier (oof) | test ECE | test Brier |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in calib:
+        lines.append(
+            f"| {c['label']} | {c['method']} | {c['val_ece_oof']:.3f} | {c['val_brier_oof']:.3f} "
+            f"| {c['ece']:.3f} | {c['brier']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _auc_difference(y: np.ndarray, pair: np.ndarray) -> float:

@@ -373,7 +373,7 @@ class BaselineParams:
     tta: Bool = False  # predict as the mean over the 8 flips/rotations
     # patient metadata used beside the image features when the prepared index has the column
     # (missing values allowed); the model still predicts from images alone
-    metadata: tuple[Literal["age_approx", "sex", "site"], ...] = ()
+    metadata: tuple[Literal["age_approx", "sex", "site"], ...] = ("age_approx", "sex", "site")
 
     @field_validator("metadata")
     @classmethod
@@ -388,7 +388,7 @@ class CalibrationParams:
     """Probability calibration of every model, fitted on the validation split after training."""
 
     # temperature: one scale on the logit; platt: scale + shift; isotonic: monotone step map; none
-    method: Literal["none", "temperature", "platt", "isotonic"] = "temperature"
+    method: Literal["none", "temperature", "platt", "isotonic"] = "platt"
 
 
 @_section
@@ -396,7 +396,7 @@ class EnsembleParams:
     """The ensemble candidate: the trained models' probabilities combined on validation."""
 
     members: tuple[Literal["baseline", "cnn", "transfer"], ...] = Field(
-        default=("baseline", "cnn", "transfer"), min_length=2
+        default=("baseline", "cnn"), min_length=2
     )
     # stack: logistic regression on the members' logits, fitted on validation; rank_mean: mean of each
     # member's rank among its validation probabilities (nothing fitted but the reference ranks)
