@@ -403,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         "--models", default="", help="shorthand: comma-separated families, one plain variant each"
     )
     ap.add_argument(
-        "--ensemble", action="append", default=[], metavar="A+B[/tta][+C][:rank_mean]", help="variants to ensemble"
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="A+B[/tta][+C][:rank_mean]",
+        help="variants to ensemble",
     )
     ap.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation scores")
     ap.add_argument(
