@@ -224,7 +224,7 @@ def test_ece_and_brier_before_and_after_calibration(trained, tmp_path: Path) -> 
     from melanoma.models import load_model
 
     prepared, splits, model_dir, _ = trained
-    assert read_model_json(model_dir)["calibration"]["method"] == "temperature"  # the default
+    assert read_model_json(model_dir)["calibration"]["method"] == "platt"  # the default
     test = _evaluate(trained, tmp_path, None)["test"]
     images, _ = load_prepared(prepared)
     x, y = split_arrays(images, load_splits(splits)["test"])
