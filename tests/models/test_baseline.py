@@ -135,17 +135,12 @@ def test_configured_columns_without_values_are_dropped_with_a_warning(
     assert bare.encoder is None and bare.metadata_columns == ()
 
 
-def test_pyfunc_round_trip_with_and_without_metadata(tmp_path: Path) -> None:
+def save_pyfunc(model: BaselineModel, tmp_path: Path) -> None:
+    """Save a fitted baseline as the project's pyfunc at ``tmp_path / "pyfunc"`` (a local MLflow model)."""
     import mlflow
 
-    from melanoma.images import resize_batch
     from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
 
-    x_tr, y_tr, m_tr = metadata_set(120, 13)
-    params = BaselineParams(
-        candidates=("gradient_boosting",), n_estimators=20, metadata=("age_approx", "site")
-    )
-    model, _ = fit_baseline(x_tr, y_tr, x_tr, y_tr, params, 0, 24, meta_train=m_tr, meta_val=m_tr)
     folder = tmp_path / "baseline"
     folder.mkdir()
     model.save(folder)
@@ -157,6 +152,19 @@ def test_pyfunc_round_trip_with_and_without_metadata(tmp_path: Path) -> None:
         signature=image_signature(),
         pip_requirements=["mlflow"],  # skips requirement inference (a slow subprocess)
     )
+
+
+def test_pyfunc_round_trip_with_and_without_metadata(tmp_path: Path) -> None:
+    import mlflow
+
+    from melanoma.images import resize_batch
+
+    x_tr, y_tr, m_tr = metadata_set(120, 13)
+    params = BaselineParams(
+        candidates=("gradient_boosting",), n_estimators=20, metadata=("age_approx", "site")
+    )
+    model, _ = fit_baseline(x_tr, y_tr, x_tr, y_tr, params, 0, 24, meta_train=m_tr, meta_val=m_tr)
+    save_pyfunc(model, tmp_path)
     loaded = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc"))
     rng = np.random.default_rng(0)
     raw = np.stack([np.asarray(lesion_image(rng, False, 40, 30)) for _ in range(3)])  # raw sizes: resized
@@ -174,9 +182,6 @@ def test_pyfunc_round_trip_with_and_without_metadata(tmp_path: Path) -> None:
 
 def test_registry_scorer_rescoring_a_champion_passes_its_metadata(tmp_path: Path) -> None:
     """register re-scores a champion through its pyfunc: with the test rows' metadata, as evaluate did."""
-    import mlflow
-
-    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
     from melanoma.registry import make_scorer
 
     x_tr, y_tr, m_tr = metadata_set(160, 14)
@@ -185,17 +190,7 @@ def test_registry_scorer_rescoring_a_champion_passes_its_metadata(tmp_path: Path
         candidates=("gradient_boosting",), n_estimators=20, metadata=("age_approx", "site")
     )
     model, _ = fit_baseline(x_tr, y_tr, x_tr, y_tr, params, 0, 24, meta_train=m_tr, meta_val=m_tr)
-    folder = tmp_path / "baseline"
-    folder.mkdir()
-    model.save(folder)
-    (folder / "model.json").write_text('{"family": "baseline", "image_size": 24}')
-    mlflow.pyfunc.save_model(
-        tmp_path / "pyfunc",
-        python_model=MelanomaPyfunc(),
-        artifacts={MODEL_DIR_ARTIFACT: str(folder)},
-        signature=image_signature(),
-        pip_requirements=["mlflow"],
-    )
+    save_pyfunc(model, tmp_path)
     uri = str(tmp_path / "pyfunc")
     with_meta = make_scorer(x_te, y_te, m_te, batch_size=32)(uri)  # 3 batches: params sliced per batch
     assert with_meta == pytest.approx(safe_auc(y_te, model.predict_proba(x_te, m_te)), abs=1e-6)
