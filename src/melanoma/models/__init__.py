@@ -35,6 +35,30 @@ class ImageClassifier(Protocol):
         ...
 
 
+class ModelWrapper:
+    """Base of the prediction-time wrappers (TTA, calibration) around a dataclass field ``inner``.
+
+    Size, fit and every other attribute (``family``, ``model`` for Grad-CAM, ``members``) are the inner
+    model's, so code that inspects a model sees through the wrappers.
+    """
+
+    inner: Any
+
+    @property
+    def image_size(self) -> int:
+        return int(self.inner.image_size)
+
+    @property
+    def fit(self) -> str:
+        return str(self.inner.fit)
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for attributes not found on the wrapper itself (nor its dataclass fields)
+        if name.startswith("__") or name in getattr(type(self), "__dataclass_fields__", {}):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 def load_model(model_dir: Path, calibrated: bool = True) -> ImageClassifier:
     """Load a trained model folder of any family, as it predicts after training.
 

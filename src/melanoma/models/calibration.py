@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from melanoma.errors import DataError
+from melanoma.models import ModelWrapper
 
 METHODS = ("none", "temperature", "platt", "isotonic")
 # float32 probabilities saturate at 1 - 6e-8; clipping keeps every logit finite (|logit| <= 16.1).
@@ -187,7 +188,7 @@ def _fit_platt(y: np.ndarray, z: np.ndarray, max_iter: int = 100) -> tuple[float
 
 
 @dataclass
-class CalibratedClassifier:
+class CalibratedClassifier(ModelWrapper):
     """An image classifier whose probabilities go through a fitted ``Calibrator``.
 
     ``inner`` gives the raw probabilities (evaluate reports ECE/Brier before and after from one
@@ -196,20 +197,6 @@ class CalibratedClassifier:
 
     inner: Any
     calibrator: Calibrator
-
-    @property
-    def image_size(self) -> int:
-        return int(self.inner.image_size)
-
-    @property
-    def fit(self) -> str:
-        return str(self.inner.fit)
-
-    def __getattr__(self, name: str) -> Any:
-        # only called for attributes not found on the wrapper itself
-        if name in ("inner", "calibrator") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def predict_proba(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
         """uint8 (N, S, S, 3) (+ optional metadata rows) -> calibrated float64 (N,)."""

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from melanoma.models import ModelWrapper
+
 N_VIEWS = 8
 # Images per inner call: 8 x 256 views of 100x100x3 uint8 are ~61 MB.
 CHUNK = 256
@@ -36,7 +38,7 @@ def dihedral_views(images: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class TTAClassifier:
+class TTAClassifier(ModelWrapper):
     """Mean of ``inner``'s probabilities over the 8 dihedral views (same interface as ``inner``).
 
     Other attributes (``family``, ``model`` for Grad-CAM, ...) are the inner model's, so the app
@@ -45,20 +47,6 @@ class TTAClassifier:
 
     inner: Any
     chunk: int = CHUNK
-
-    @property
-    def image_size(self) -> int:
-        return int(self.inner.image_size)
-
-    @property
-    def fit(self) -> str:
-        return str(self.inner.fit)
-
-    def __getattr__(self, name: str) -> Any:
-        # only called for attributes not found on the wrapper itself
-        if name in ("inner", "chunk") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def predict_proba(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
         """uint8 (N, S, S, 3) (+ optional metadata rows) -> float32 (N,), the mean over 8 views."""
