@@ -298,7 +298,7 @@ class TrainParams:
 
     # operating point chosen on validation for this sensitivity (a missed melanoma costs most); None: Youden's J
     target_sensitivity: Annotated[Float, Field(gt=0, lt=1)] | None = 0.9
-    epochs: Int = Field(default=35, ge=1)
+    epochs: Int = Field(default=28, ge=1)
     batch_size: Int = Field(default=64, ge=1)
     learning_rate: Float = Field(default=1e-3, gt=0)
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
