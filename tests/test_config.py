@@ -344,7 +344,7 @@ def test_flatten_gives_dotted_scalar_keys() -> None:
     assert flat["split.group_by"] == "patient_id,lesion_id"
     assert flat["train.augment.zoom"] == pytest.approx(0.1)
     assert all(not isinstance(v, dict | tuple | list) for v in flat.values())
-    assert flatten(TrainParams(), "train.")["train.epochs"] == 35
+    assert flatten(TrainParams(), "train.")["train.epochs"] == 28
 
 
 def test_sections_stay_plain_frozen_dataclasses() -> None:
