@@ -220,6 +220,7 @@ def test_plot_data_and_subgroups() -> None:
 
 def test_ece_and_brier_before_and_after_calibration(trained, tmp_path: Path) -> None:
     from melanoma.contracts import load_prepared, load_splits, read_model_json, split_arrays
+    from melanoma.metadata import metadata_rows
     from melanoma.metrics import expected_calibration_error, reliability
     from melanoma.models import load_model
 
@@ -227,9 +228,11 @@ def test_ece_and_brier_before_and_after_calibration(trained, tmp_path: Path) -> 
     assert read_model_json(model_dir)["calibration"]["method"] == "platt"  # the default
     test = _evaluate(trained, tmp_path, None)["test"]
     images, _ = load_prepared(prepared)
-    x, y = split_arrays(images, load_splits(splits)["test"])
-    raw = load_model(model_dir, calibrated=False).predict_proba(x).astype(np.float64)
-    cal = load_model(model_dir).predict_proba(x)
+    test_rows = load_splits(splits)["test"]
+    x, y = split_arrays(images, test_rows)
+    meta = metadata_rows(test_rows)  # as evaluate passes them (the baseline uses age, sex and site)
+    raw = load_model(model_dir, calibrated=False).predict_proba(x, meta).astype(np.float64)
+    cal = load_model(model_dir).predict_proba(x, meta)
     bins = PARAMS.evaluate.calibration_bins
     assert test["ece"] == pytest.approx(expected_calibration_error(y, cal, bins), abs=1e-6)
     assert test["ece_uncalibrated"] == pytest.approx(expected_calibration_error(y, raw, bins), abs=1e-6)

@@ -113,6 +113,7 @@ def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) 
 
     from melanoma.config import CalibrationParams
     from melanoma.contracts import load_prepared, load_splits, split_arrays
+    from melanoma.metadata import metadata_rows
     from melanoma.metrics import choose_threshold, safe_auc
     from melanoma.models import load_model
     from melanoma.models.calibration import CalibratedClassifier, Calibrator
@@ -134,9 +135,11 @@ def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) 
     assert isinstance(model, CalibratedClassifier) and isinstance(model.inner, TTAClassifier)
     assert model.calibrator == Calibrator.from_dict(info["calibration"])
     images, _ = load_prepared(prepared)
-    x_val, y_val = split_arrays(images, load_splits(splits)["val"])
-    p_cal = model.predict_proba(x_val)
-    p_raw = load_model(tmp_path / "m", calibrated=False).predict_proba(x_val)
+    val_rows = load_splits(splits)["val"]
+    x_val, y_val = split_arrays(images, val_rows)
+    meta = metadata_rows(val_rows)  # as train passes them (the baseline uses age, sex and site)
+    p_cal = model.predict_proba(x_val, meta)
+    p_raw = load_model(tmp_path / "m", calibrated=False).predict_proba(x_val, meta)
     assert not np.allclose(p_cal, p_raw)  # the calibrator does something here
     assert np.array_equal(p_cal, model.calibrator.apply(p_raw))
     # The threshold and the metrics in model.json are those of the calibrated probabilities.
@@ -150,8 +153,8 @@ def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) 
         tracking_uri=result["mlflow"]["tracking_uri"],
         dst_path=str(tmp_path / "logged"),
     )
-    served = mlflow.pyfunc.load_model(local).predict(x_val)
-    assert np.allclose(served, p_cal, atol=1e-6)
+    served = mlflow.pyfunc.load_model(local).predict(x_val)  # images alone: metadata all missing
+    assert np.allclose(served, model.predict_proba(x_val), atol=1e-6)
     run = mlflow.MlflowClient(result["mlflow"]["tracking_uri"]).get_run(result["mlflow"]["run_id"])
     assert run.data.params["calibration.method"] == "platt" and run.data.params["baseline.tta"] == "True"
     assert run.data.metrics["val_ece"] == pytest.approx(val["val_ece"], abs=1e-9)

@@ -73,7 +73,7 @@ def test_train_and_evaluate_log_one_run_with_a_loadable_model(
     images, _ = load_prepared(prep)
     batch = np.asarray(images[:8])
     local = load_model(tmp_path / "model").predict_proba(batch)
-    assert np.array_equal(pyfunc.predict(batch), local)
+    assert np.array_equal(pyfunc.predict(batch), local.astype(np.float32))  # the pyfunc answers float32
     # Raw images of another size are resized by the same code as prepare.
     odd = np.random.default_rng(0).integers(0, 255, (2, 75, 61, 3), dtype=np.uint8)
     out = pyfunc.predict(odd)

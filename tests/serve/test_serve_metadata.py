@@ -7,6 +7,7 @@ FastAPI app over a real baseline folder trained on metadata.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from typing import Any
 from urllib.parse import urlencode
@@ -91,7 +92,10 @@ def call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    # In a thread of its own: a test that ran before (Playwright's sync API) may have left an event
+    # loop running in this thread, and asyncio.run refuses to nest.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, json.loads(payload)
