@@ -78,3 +78,18 @@ def prepared_and_split(root: Path, params, n: int, pos_every: int) -> tuple[Path
     frames = split_frame(index, params.split, params.base.seed)
     write_splits(root / "splits", frames, split_report(frames))
     return root / "prepared", root / "splits"
+
+
+def save_local_pyfunc(model_dir: Path, dest: Path) -> None:
+    """Save a trained model folder as the project's pyfunc at ``dest`` (a local MLflow model)."""
+    import mlflow
+
+    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
+
+    mlflow.pyfunc.save_model(
+        dest,
+        python_model=MelanomaPyfunc(),
+        artifacts={MODEL_DIR_ARTIFACT: str(model_dir)},
+        signature=image_signature(),
+        pip_requirements=["mlflow"],  # skips requirement inference (a slow subprocess)
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import lesion_image
+from helpers import lesion_image, save_local_pyfunc
 from melanoma.config import BaselineParams
 from melanoma.features import N_FEATURES, extract_features
 from melanoma.metrics import safe_auc
@@ -137,21 +137,11 @@ def test_configured_columns_without_values_are_dropped_with_a_warning(
 
 def save_pyfunc(model: BaselineModel, tmp_path: Path) -> None:
     """Save a fitted baseline as the project's pyfunc at ``tmp_path / "pyfunc"`` (a local MLflow model)."""
-    import mlflow
-
-    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
-
     folder = tmp_path / "baseline"
     folder.mkdir()
     model.save(folder)
     (folder / "model.json").write_text('{"family": "baseline", "image_size": 24}')
-    mlflow.pyfunc.save_model(
-        tmp_path / "pyfunc",
-        python_model=MelanomaPyfunc(),
-        artifacts={MODEL_DIR_ARTIFACT: str(folder)},
-        signature=image_signature(),
-        pip_requirements=["mlflow"],  # skips requirement inference (a slow subprocess)
-    )
+    save_local_pyfunc(folder, tmp_path / "pyfunc")
 
 
 def test_pyfunc_round_trip_with_and_without_metadata(tmp_path: Path) -> None:

@@ -149,17 +149,11 @@ def test_members_trained_on_other_data_are_refused(members: dict[str, Path], val
 
 def test_pyfunc_round_trip_on_raw_images(members: dict[str, Path], val, tmp_path: Path) -> None:
     """The logged pyfunc over an ensemble folder: raw images of any size in, the same P(melanoma) out."""
-    from melanoma.pyfunc import MODEL_DIR_ARTIFACT, MelanomaPyfunc, image_signature
+    from helpers import save_local_pyfunc
 
     model, _ = fit(members, val, "stack")
     folder = saved(model, tmp_path / "ensemble")
-    mlflow.pyfunc.save_model(
-        tmp_path / "pyfunc",
-        python_model=MelanomaPyfunc(),
-        artifacts={MODEL_DIR_ARTIFACT: str(folder)},
-        signature=image_signature(),
-        pip_requirements=["mlflow"],  # skips requirement inference (a slow subprocess)
-    )
+    save_local_pyfunc(folder, tmp_path / "pyfunc")
     shutil.rmtree(folder)  # the logged model carries its own copy of the folder
     raw = np.stack([np.asarray(lesion_image(np.random.default_rng(i), i % 2 == 0, 40, 30)) for i in range(4)])
     got = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(raw)
