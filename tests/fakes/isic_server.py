@@ -36,10 +36,19 @@ then the server behaves. Kinds:
 ``bad_id``     (listing) report ``isic_id`` as ``options['value']`` (default ``../../x``)
 =============  ===================================================================================
 
-``latency`` (seconds) is added to every request. Counters: ``requests`` (Counter by route),
+``latency`` (seconds) is added to every request. ``bandwidth`` (bytes/s, ``None`` = unlimited) is one
+link shared by every connection (a ``TokenBucket``): every body is written in ``THROTTLE_CHUNK``
+pieces, each paid for from the bucket, so 16 concurrent downloads share the rate as they would share
+a real link. ``image_bytes=(lo, hi)`` makes each full image a valid JPEG of a size drawn uniformly
+from ``lo..hi`` bytes (the small lesion picture plus incompressible, seeded random bytes in COM
+segments), like the archive's 1-4 MB dermoscopy files; by default images are tiny.
+
+Counters: ``requests`` (Counter by route),
 ``file_requests`` (Counter by isic_id), ``file_bytes`` (full-image body bytes sent),
 ``bytes_served`` (all body bytes), ``queries`` (every ``query`` param received, decoded),
-``paths`` (every request target, raw), ``user_agents`` / ``accepts`` (header values seen).
+``paths`` (every request target, raw), ``user_agents`` / ``accepts`` (header values seen),
+``first_at`` / ``last_at`` (by route, ``time.time()`` when the body of its first answer started /
+of its last answer ended; comparable across processes).
 """
 
 from __future__ import annotations
@@ -296,6 +305,68 @@ class Fault:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+THROTTLE_CHUNK = 64 * 1024  # bytes written per token-bucket payment
+
+
+class TokenBucket:
+    """A byte rate shared by all callers: ``rate`` bytes/s, bursts of at most ``burst`` bytes.
+
+    ``reserve(n)`` takes ``n`` tokens at once and answers how long the caller must wait before sending
+    them: the bucket may go into debt, and a caller waits until its debt is repaid at ``rate``. Calls
+    are thus served in order, like packets queued on one link, and the bytes sent by any time ``t``
+    are at most ``burst + rate * (t - t0)``, ``t0`` the bucket's start (or any moment it was full). ``clock`` and ``sleep`` are injectable (tests drive a fake
+    clock; nothing in the logic reads the real one).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        self.rate = float(rate)
+        self.burst = float(THROTTLE_CHUNK if burst is None else burst)
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._tokens = self.burst  # starts full
+        self._last = clock()
+
+    def reserve(self, n: int) -> float:
+        """Take ``n`` tokens now (going into debt if needed); the seconds to wait before sending."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= n
+            return max(0.0, -self._tokens / self.rate)
+
+    def take(self, n: int) -> None:
+        """Wait until ``n`` bytes may be sent."""
+        wait = self.reserve(n)
+        if wait > 0:
+            self._sleep(wait)
+
+
+def _padded_jpeg(jpeg: bytes, size: int, rng: random.Random) -> bytes:
+    """``jpeg`` grown to exactly ``size`` bytes with random COM (comment) segments: still a valid JPEG.
+
+    Left as it is when it is already longer than ``size - 4`` (a segment takes at least 4 bytes).
+    """
+    assert jpeg[:2] == b"\xff\xd8", "not a JPEG"
+    parts = [jpeg[:2]]
+    left = size - len(jpeg)
+    while left >= 4:
+        n = min(left - 4, 0xFFFF - 2)  # a segment's length field counts itself, at most 65535
+        parts.append(b"\xff\xfe" + struct.pack(">H", n + 2) + rng.randbytes(n))
+        left -= n + 4
+    parts.append(jpeg[2:])
+    return b"".join(parts)
+
+
 def _jpeg(rng: random.Random, w: int, h: int, quality: int = 80) -> bytes:
     skin = (rng.randint(170, 230), rng.randint(130, 180), rng.randint(110, 160))
     img = Image.new("RGB", (w, h), skin)
@@ -309,9 +380,26 @@ def _jpeg(rng: random.Random, w: int, h: int, quality: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def make_images(n: int, seed: int = 0, legacy_every: int = 7, private: Iterable[int] = ()) -> list[FakeImage]:
-    """``n`` deterministic images with realistic, sparse metadata (every ``legacy_every``-th legacy-era)."""
+def _full_file(jpeg: bytes, rng: random.Random | None, image_bytes: tuple[int, int] | None) -> bytes:
+    if rng is None or image_bytes is None:
+        return jpeg
+    return _padded_jpeg(jpeg, rng.randint(*image_bytes), rng)
+
+
+def make_images(
+    n: int,
+    seed: int = 0,
+    legacy_every: int = 7,
+    private: Iterable[int] = (),
+    image_bytes: tuple[int, int] | None = None,
+) -> list[FakeImage]:
+    """``n`` deterministic images with realistic, sparse metadata (every ``legacy_every``-th legacy-era).
+
+    ``image_bytes=(lo, hi)``: each full file padded to a size drawn from ``lo..hi`` (its own random
+    stream, so the metadata of a seed is the same with or without it).
+    """
     rng = random.Random(seed)
+    pad_rng = random.Random(f"pad-{seed}") if image_bytes else None
     private = set(private)
     order = list(range(n))
     rng.shuffle(order)  # creation order differs from isic_id order, as in the archive
@@ -365,7 +453,7 @@ def make_images(n: int, seed: int = 0, legacy_every: int = 7, private: Iterable[
                 attribution=rng.choices(names, weights=weights)[0],
                 acquisition=acq,
                 clinical=clin,
-                full=_jpeg(rng, w, h),
+                full=_full_file(_jpeg(rng, w, h), pad_rng, image_bytes),
                 thumbnail=_jpeg(rng, 8, 6, quality=60),
                 public=i not in private,
             )
@@ -388,11 +476,13 @@ class FakeIsicServer(LoopbackHTTPServer):
         *,
         seed: int = 0,
         latency: float = 0.0,
+        bandwidth: float | None = None,
+        image_bytes: tuple[int, int] | None = None,
         legacy_every: int = 7,
         private: Iterable[int] = (),
         port: int = 0,
     ) -> None:
-        self.images = make_images(n_images, seed, legacy_every, private)
+        self.images = make_images(n_images, seed, legacy_every, private, image_bytes)
         self.by_id = {im.isic_id: im for im in self.images}
         public_ids = [im.isic_id for im in sorted(self.images, key=lambda im: im.isic_id)]
         # Collections: 70 = every second image, 66 = the first third, 999 = private (invisible).
@@ -402,6 +492,7 @@ class FakeIsicServer(LoopbackHTTPServer):
             999: {"name": "Private cohort", "public": False, "ids": set(public_ids[1::3])},
         }
         self.latency = latency
+        self.throttle = TokenBucket(bandwidth) if bandwidth else None  # one link for every connection
         self.count_offset = 0  # added to the first page's count (ES count vs DB rows)
         self.license_texts = dict(LICENSES)
         self._faults: dict[str, list[Fault]] = {}
@@ -436,6 +527,8 @@ class FakeIsicServer(LoopbackHTTPServer):
             self.paths: list[str] = []
             self.user_agents: Counter[str] = Counter()
             self.accepts: Counter[str] = Counter()
+            self.first_at: dict[str, float] = {}
+            self.last_at: dict[str, float] = {}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -444,6 +537,8 @@ class FakeIsicServer(LoopbackHTTPServer):
                 "file_requests": sum(self.file_requests.values()),
                 "file_bytes": self.file_bytes,
                 "bytes_served": self.bytes_served,
+                "first_at": dict(self.first_at),
+                "last_at": dict(self.last_at),
             }
 
     def _take(self, targets: Iterable[str], kinds: set[str]) -> Fault | None:
@@ -578,9 +673,24 @@ class FakeIsicServer(LoopbackHTTPServer):
         for k, v in (headers or {}).items():
             h.send_header(k, v)
         h.end_headers()
-        h.wfile.write(body)
-        with self._lock:
+        route, _ = self._route(urlsplit(h.path).path)
+        with self._lock:  # counted first: a client holding the whole body always sees it counted
             self.bytes_served += len(body)
+            self.first_at.setdefault(route, time.time())
+        self._write_body(h, body)
+        with self._lock:
+            self.last_at[route] = time.time()
+
+    def _write_body(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        """Write ``body``, paying the shared throttle chunk by chunk when there is one."""
+        if self.throttle is None:
+            h.wfile.write(body)
+            return
+        view = memoryview(body)
+        for start in range(0, len(body), THROTTLE_CHUNK):
+            chunk = view[start : start + THROTTLE_CHUNK]
+            self.throttle.take(len(chunk))
+            h.wfile.write(chunk)
 
     def _json(self, h: BaseHTTPRequestHandler, status: int, obj: Any) -> None:
         self._send(h, status, json.dumps(obj).encode(), "application/json")
@@ -805,7 +915,7 @@ class FakeIsicServer(LoopbackHTTPServer):
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
-        h.wfile.write(half)
+        self._write_body(h, half)
         h.wfile.flush()
         with self._lock:
             self.file_bytes += len(half)
@@ -822,10 +932,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-images", type=int, default=200)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    ap.add_argument("--bandwidth", type=float, default=0.0,
+                    help="bytes/s shared by all connections (0 = unlimited)")  # fmt: skip
+    ap.add_argument("--image-bytes", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="full images of LO..HI bytes (default: tiny)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args(argv)
-    server = FakeIsicServer(args.n_images, seed=args.seed, latency=args.latency, port=args.port).start()
+    server = FakeIsicServer(
+        args.n_images,
+        seed=args.seed,
+        latency=args.latency,
+        bandwidth=args.bandwidth or None,
+        image_bytes=tuple(args.image_bytes) if args.image_bytes else None,
+        port=args.port,
+    ).start()
     print(server.base_url, flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

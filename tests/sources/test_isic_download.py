@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import io
 import os
+import random
 import re
 import shutil
 import signal
@@ -17,15 +18,18 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from isic_helpers import image_files, isic_params, read_report, tree, visible_ids, written
+from PIL import Image
 
-from fakes.isic_server import LICENSES, FakeIsicServer
+from fakes.isic_server import LICENSES, THROTTLE_CHUNK, FakeIsicServer, TokenBucket, make_images
 from melanoma import atomic
 from melanoma.cli import main as cli_main
 from melanoma.config import Params
@@ -576,3 +580,98 @@ def test_disk_full_while_writing_the_metadata_is_a_clear_error(
     with pytest.raises(DataError, match=r"cannot write the metadata.*No space left.*30 complete images"):
         download_isic(tmp_path / "raw", isic_params(server))
     assert len(image_files(tmp_path / "raw")) == 30  # what landed is kept
+
+
+# --------------------------------------------------- the fake's link and large images (bench_download.py)
+
+
+class _FrozenClock:
+    """A clock that moves only when a test moves it; ``sleep`` records the waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+class _RecordingBucket(TokenBucket):
+    """The fake's throttle on a frozen clock, recording every payment."""
+
+    def __init__(self, rate: float) -> None:
+        self.clock = _FrozenClock()
+        self.sizes: list[int] = []
+        super().__init__(rate, clock=self.clock, sleep=self.clock.sleep)
+
+    def reserve(self, n: int) -> float:
+        self.sizes.append(n)
+        return super().reserve(n)
+
+
+def test_token_bucket_serves_callers_in_turn_at_one_rate() -> None:
+    clock = _FrozenClock()
+    bucket = TokenBucket(1000, burst=100, clock=clock, sleep=clock.sleep)
+    assert bucket.reserve(100) == 0  # a full bucket: the burst goes at once
+    # Sixteen connections at the same instant share the link: each waits for the ones before it.
+    assert [bucket.reserve(50) for _ in range(16)] == pytest.approx([0.05 * (k + 1) for k in range(16)])
+    clock.now += 0.8  # the 800 bytes of debt are repaid just now: the bucket is empty, not full
+    assert bucket.reserve(10) == pytest.approx(0.01)
+    clock.now += 10  # a long idle spell refills up to the burst, no further
+    assert bucket.reserve(100) == 0
+    assert bucket.reserve(1) == pytest.approx(0.001)
+    bucket.take(1000)  # take() sleeps what reserve() answers
+    assert clock.slept == [pytest.approx(1.001)]
+
+
+def test_token_bucket_never_admits_more_than_the_rate_and_loses_none_under_load() -> None:
+    rng = random.Random(3)
+    clock = _FrozenClock()
+    rate, burst = 50e6, 65536
+    bucket = TokenBucket(rate, burst=burst, clock=clock, sleep=clock.sleep)
+    start, sent, admitted = clock.now, 0, []
+    for _ in range(2000):
+        n = rng.randint(1, 65536)
+        admitted.append((clock.now + bucket.reserve(n), n))
+        clock.now += rng.expovariate(10_000.0)  # callers come at random, ~6x faster than the link drains
+    for when, n in sorted(admitted):
+        sent += n
+        assert sent <= burst + rate * (when - start) + 1e-6 * sent  # never above the rate (+ burst)
+    # Demand always exceeded the link, so it never idled: the last byte went exactly at the rate.
+    assert max(w for w, _ in admitted) - start == pytest.approx((sent - burst) / rate)
+
+
+def test_large_images_through_the_throttle(tmp_path: Path) -> None:
+    with FakeIsicServer(4, seed=2, image_bytes=(150_000, 300_000), bandwidth=50e6) as srv:
+        bucket = _RecordingBucket(50e6)
+        srv.throttle = bucket  # frozen clock: the waits add up, nothing sleeps
+        report = download_isic(tmp_path / "raw", isic_params(srv, concurrency=2))
+        served = srv.bytes_served
+    assert report["n_images"] == 4 and not report["failures"]
+    assert image_files(tmp_path / "raw") == {f"{im.isic_id}.jpg": im.full for im in srv.images}
+    # Every body byte (listing, files, licences) paid the one bucket, in chunks of at most THROTTLE_CHUNK.
+    assert sum(bucket.sizes) == served and max(bucket.sizes) == THROTTLE_CHUNK
+    assert max(bucket.clock.slept) == pytest.approx((served - bucket.burst) / bucket.rate)
+
+
+def test_large_images_are_valid_jpegs_of_the_drawn_size() -> None:
+    plain, padded = make_images(6, seed=4), make_images(6, seed=4, image_bytes=(100_000, 200_000))
+    assert make_images(6, seed=4, image_bytes=(100_000, 200_000)) == padded  # deterministic
+    for small, big in zip(plain, padded, strict=True):
+        assert (small.isic_id, small.clinical, small.acquisition) == (
+            big.isic_id,
+            big.clinical,
+            big.acquisition,
+        )
+        assert 100_000 <= len(big.full) <= 200_000
+        assert len(zlib.compress(big.full)) > 0.99 * len(big.full)  # incompressible, like JPEG data
+        with Image.open(io.BytesIO(big.full)) as img:
+            assert img.format == "JPEG" and img.size == (
+                big.acquisition["pixels_x"],
+                big.acquisition["pixels_y"],
+            )
+            assert np.array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(small.full))))
+    assert len({len(im.full) for im in padded}) == 6
