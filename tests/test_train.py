@@ -153,7 +153,7 @@ def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) 
         tracking_uri=result["mlflow"]["tracking_uri"],
         dst_path=str(tmp_path / "logged"),
     )
-    served = mlflow.pyfunc.load_model(local).predict(x_val)  # images alone: metadata all missing
+    served = mlflow.pyfunc.load_model(local).predict(np.asarray(x_val))  # images alone: no metadata
     assert np.allclose(served, model.predict_proba(x_val), atol=1e-6)
     run = mlflow.MlflowClient(result["mlflow"]["tracking_uri"]).get_run(result["mlflow"]["run_id"])
     assert run.data.params["calibration.method"] == "platt" and run.data.params["baseline.tta"] == "True"

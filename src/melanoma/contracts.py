@@ -38,6 +38,7 @@ import pandas as pd
 
 from melanoma import atomic
 from melanoma.errors import DataError
+from melanoma.image_rows import ImageRows
 
 # ---------------------------------------------------------------- raw layout (ingest -> prepare)
 ISIC_ID_RE = re.compile(r"^ISIC_\d{7}$")
@@ -252,9 +253,9 @@ def load_splits(splits_dir: Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def split_arrays(images: np.ndarray, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Images (loaded into memory, in split order) and labels of one split."""
-    return np.asarray(images[frame["row"].to_numpy()]), frame["label"].to_numpy().astype(np.int64)
+def split_arrays(images: np.ndarray, frame: pd.DataFrame) -> tuple[ImageRows, np.ndarray]:
+    """Images (read on demand, in split order: never all in memory) and labels of one split."""
+    return ImageRows(images, frame["row"].to_numpy()), frame["label"].to_numpy().astype(np.int64)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

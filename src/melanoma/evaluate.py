@@ -26,6 +26,7 @@ from melanoma.contracts import (
     write_metrics,
 )
 from melanoma.errors import DataError
+from melanoma.image_rows import ImageRows
 from melanoma.metadata import metadata_rows
 from melanoma.metrics import (
     brier,
@@ -321,7 +322,7 @@ def score_external(
             f"{info['image_size']} px: rerun the external stage with the model's prepare params"
         )
     y = ext.index["label"].to_numpy().astype(np.int64)
-    raw, prob = raw_and_calibrated(model, np.asarray(ext.images), metadata_rows(ext.index))
+    raw, prob = raw_and_calibrated(model, ImageRows(ext.images), metadata_rows(ext.index))
     scores = score_metrics(y, prob, external_groups(ext.index), threshold, params, seed, raw=raw)
     metrics = {
         "name": ext.name,

@@ -64,7 +64,9 @@ def shape_features(gray: np.ndarray) -> np.ndarray:
 
 def extract_features(images: np.ndarray, batch: int = 256) -> np.ndarray:
     """uint8 (N, S, S, 3) -> float32 (N, F) feature matrix, in batches to bound memory."""
-    images = np.asarray(images)  # a memmap stays a view: batches are read lazily
+    if not hasattr(images, "shape"):
+        images = np.asarray(images)
+    # An ImageRows split (or a memmap) stays on disk: each batch is read when its turn comes.
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected images of shape (N, S, S, 3), got {images.shape}")
     parts = [_extract(np.asarray(images[i : i + batch])) for i in range(0, len(images), batch)]

@@ -42,6 +42,8 @@ from melanoma.models import ImageClassifier, load_model
 from melanoma.models.calibration import logit, sigmoid
 
 log = logging.getLogger(__name__)
+# Images per prediction chunk: a multiple of the deep models' (128) and the features' (256) batches.
+CHUNK = 2048
 
 ENSEMBLE_JSON = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -70,15 +72,25 @@ class EnsembleModel:
     family: str = field(default="ensemble", init=False)
 
     def member_probas(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
-        """(N, n_members) float64: each member's P(melanoma), on images resized to its input size."""
-        images = np.asarray(images)
-        cols = []
-        for model in self.members.values():
-            x = images
-            if len(images) and images.shape[1:3] != (model.image_size, model.image_size):
-                x = resize_batch(images, model.image_size, model.fit)
-            cols.append(np.asarray(model.predict_proba(x, metadata), dtype=np.float64).reshape(-1))
-        return np.stack(cols, axis=1) if cols else np.zeros((len(images), 0))
+        """(N, n_members) float64: each member's P(melanoma), on images resized to its input size.
+
+        In chunks of ``CHUNK`` images (a multiple of every member's own batch), so a split read
+        from disk is never held whole, and each member sees the batches it would see at once.
+        """
+        if len(images) == 0:
+            return np.zeros((0, len(self.members)))
+        parts = []
+        for i in range(0, len(images), CHUNK):
+            x = np.asarray(images[i : i + CHUNK])
+            meta = None if metadata is None else metadata.iloc[i : i + CHUNK]
+            cols = []
+            for model in self.members.values():
+                xm = x
+                if x.shape[1:3] != (model.image_size, model.image_size):
+                    xm = resize_batch(x, model.image_size, model.fit)
+                cols.append(np.asarray(model.predict_proba(xm, meta), dtype=np.float64).reshape(-1))
+            parts.append(np.stack(cols, axis=1))
+        return np.concatenate(parts)
 
     def combine(self, probas: np.ndarray) -> np.ndarray:
         """Members' probabilities (N, n_members) -> the ensemble's score (N,) in [0, 1]."""

@@ -14,12 +14,20 @@ too, so that the weighted loss is exactly the class-weighted mixup loss (see ``m
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
 from melanoma.config import AugmentParams
+from melanoma.image_rows import ImageRows
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Batches read/augmented at once. A fixed number, not AUTOTUNE: autotuning ramps the parallelism
+# up in bursts, and each call holds a float batch (7.7 MB at 100 px), so peak memory jumped by
+# ~150 MB on an otherwise flat epoch (tests/models/test_streaming.py); 4 keeps the input ahead
+# of the model on 2 cores (benchmarks/bench_training.py: tf.data vs in-memory batches).
+PARALLEL_BATCHES = 4
 BALANCE_MODES = ("class_weight", "oversample", "none")
 MIX_STREAM = 1  # folded into a batch's seed for mixup/cutmix draws
 
@@ -217,7 +225,7 @@ def mix_batch(
 
 
 def make_dataset(
-    images: np.ndarray,
+    images: np.ndarray | ImageRows,
     labels: np.ndarray,
     batch_size: int,
     *,
@@ -231,6 +239,12 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (float32 inputs, float32 labels); inputs are images in [0, 255] or any feature rows.
 
+    ``images`` given as ``ImageRows`` (a split of the prepared array) are streamed: the dataset
+    shuffles and batches row *positions*, and each batch's images are read from disk when the
+    batch is made, so memory holds a few batches, not the split. The stream is the same as for
+    the same images in memory (shuffling depends only on the seed and the element count), so a
+    streamed run trains the same bytes. An in-memory array is sliced into the graph as before.
+
     ``balance='oversample'`` draws both classes equally often: an infinite stream (pass
     ``steps_per_epoch`` to fit). ``class_weight`` and ``none`` do not change the stream (class
     weights are applied to the loss by the loop). Evaluation datasets (``training=False``) keep
@@ -242,15 +256,21 @@ def make_dataset(
     """
     if balance not in BALANCE_MODES:
         raise ValueError(f"unknown class balance {balance!r}; expected one of {BALANCE_MODES}")
-    images = np.asarray(images)
+    streamed = isinstance(images, ImageRows)
+    if not streamed:
+        images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.float32)
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    # Streamed: the first column is the position of each image in ``images`` (8 bytes, not 30 KB).
+    first = np.arange(len(labels), dtype=np.int64) if streamed else images
     if training and class_weight is not None:
         weights = np.where(labels == 1, class_weight[1], class_weight[0]).astype(np.float32)
-        columns: tuple[np.ndarray, ...] = (images, labels, weights)
+        columns: tuple[np.ndarray, ...] = (first, labels, weights)
     else:
-        columns = (images, labels)
+        columns = (first, labels)
     options = tf.data.Options()
-    # Multi-worker training shards by element: the arrays are in memory on every worker.
+    # Multi-worker training shards by element: every worker reads the same array file.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.deterministic = True
 
@@ -268,6 +288,8 @@ def make_dataset(
         if training:
             ds = ds.shuffle(min(len(labels), shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if streamed:
+        ds = ds.map(read_batch(images), num_parallel_calls=PARALLEL_BATCHES)
 
     if training and augment is not None:
         counter = tf.data.Dataset.counter()
@@ -284,11 +306,24 @@ def make_dataset(
             x, y, mixed_w = mix_batch(x, y, w[0] if w else None, mix_seed, augment)
             return (x, y) if mixed_w is None else (x, y, mixed_w)
 
-        ds = ds.map(aug, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(aug, num_parallel_calls=PARALLEL_BATCHES)
     else:
 
         def to_float(x: tf.Tensor, y: tf.Tensor, *w: tf.Tensor) -> tuple[tf.Tensor, ...]:
             return (tf.cast(x, tf.float32), y, *w)
 
-        ds = ds.map(to_float, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(to_float, num_parallel_calls=PARALLEL_BATCHES)
     return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def read_batch(images: ImageRows) -> Callable[..., tuple[tf.Tensor, ...]]:
+    """A dataset map: a batch of positions (+ labels, weights) -> the images read from disk (+ same)."""
+    dtype = tf.as_dtype(images.dtype)
+    item_shape = images.shape[1:]
+
+    def load(positions: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        x = tf.numpy_function(images.take, [positions], dtype, stateful=False)
+        x.set_shape((None, *item_shape))
+        return (x, *rest)
+
+    return load

@@ -1,0 +1,67 @@
+"""ImageRows: a split of the prepared array read on demand, row for row what the array holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from melanoma.contracts import split_arrays
+from melanoma.image_rows import ImageRows, open_rows
+
+
+@pytest.fixture
+def array_file(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(50, 6, 6, 3), dtype=np.uint8)
+    path = tmp_path / "images.npy"
+    np.save(path, images)
+    return path, images
+
+
+def test_reads_the_rows_asked_for_in_the_order_asked(array_file) -> None:
+    path, images = array_file
+    rows = np.array([7, 3, 3, 49, 0, 1, 2, 20])  # unsorted, a repeat, a run of consecutive rows
+    view = open_rows(path, rows)
+    assert len(view) == 8 and view.shape == (8, 6, 6, 3) and view.dtype == np.uint8 and view.ndim == 4
+    assert np.array_equal(np.asarray(view), images[rows])
+    assert np.array_equal(view[2:6], images[rows[2:6]])
+    assert np.array_equal(view[1], images[3])
+    assert np.array_equal(view[np.array([5, 0, 5])], images[rows[[5, 0, 5]]])
+    assert np.array_equal(np.concatenate(list(view.batches(3))), images[rows])
+    assert view.nbytes == 8 * 6 * 6 * 3
+
+
+def test_the_file_is_read_positionally_not_through_the_map(array_file) -> None:
+    path, images = array_file
+    mm = np.load(path, mmap_mode="r")
+    view = ImageRows(mm, np.arange(10))
+    assert view._fd is not None  # the positional path, not memmap fancy indexing
+    in_memory = ImageRows(np.array(images), np.arange(10))
+    assert in_memory._fd is None
+    assert np.array_equal(view[:], in_memory[:])
+
+
+def test_split_arrays_gives_a_lazy_view_in_split_order(array_file) -> None:
+    path, images = array_file
+    frame = pd.DataFrame({"row": [4, 1, 9], "label": [1, 0, 1]})
+    x, y = split_arrays(np.load(path, mmap_mode="r"), frame)
+    assert isinstance(x, ImageRows)
+    assert np.array_equal(x[:], images[[4, 1, 9]]) and y.tolist() == [1, 0, 1]
+
+
+def test_a_truncated_array_file_is_a_clear_error(array_file, tmp_path: Path) -> None:
+    path, _ = array_file
+    view = open_rows(path)
+    with open(path, "r+b") as f:  # cut the last image short after the view was opened
+        f.truncate(path.stat().st_size - 10)
+    with pytest.raises(OSError, match=r"images.npy: short read at rows 45..49 .*truncated"):
+        view[45:50]
+
+
+def test_rows_out_of_range_are_refused(array_file) -> None:
+    path, _ = array_file
+    with pytest.raises(IndexError, match=r"\[0, 50\)"):
+        open_rows(path, np.array([0, 50]))
