@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from melanoma.contracts import split_arrays
-from melanoma.image_rows import ImageRows, open_rows
+from melanoma.image_rows import ArrayAppender, ImageRows, open_rows
 
 
 @pytest.fixture
@@ -65,3 +65,19 @@ def test_rows_out_of_range_are_refused(array_file) -> None:
     path, _ = array_file
     with pytest.raises(IndexError, match=r"\[0, 50\)"):
         open_rows(path, np.array([0, 50]))
+
+
+@pytest.mark.parametrize("n", [0, 1, 37])
+def test_appended_rows_make_the_file_np_save_writes(tmp_path: Path, n: int) -> None:
+    images = np.random.default_rng(n).integers(0, 256, size=(n, 5, 5, 3), dtype=np.uint8)
+    with ArrayAppender(tmp_path / "a.npy", (5, 5, 3)) as out:
+        for image in images:
+            out.append(image)
+    np.save(tmp_path / "b.npy", images)
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    assert np.array_equal(open_rows(tmp_path / "a.npy")[:], images)
+
+
+def test_an_image_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    with ArrayAppender(tmp_path / "a.npy", (5, 5, 3)) as out, pytest.raises(ValueError, match=r"\(5, 5, 3\)"):
+        out.append(np.zeros((4, 5, 3), np.uint8))

@@ -38,7 +38,7 @@ import pandas as pd
 
 from melanoma import atomic
 from melanoma.errors import DataError
-from melanoma.image_rows import ImageRows
+from melanoma.image_rows import ArrayAppender, ImageRows
 
 # ---------------------------------------------------------------- raw layout (ingest -> prepare)
 ISIC_ID_RE = re.compile(r"^ISIC_\d{7}$")
@@ -153,16 +153,28 @@ PREPARE_REPORT = "prepare_report.json"
 _ID_DTYPES = {"isic_id": str, "patient_id": str, "lesion_id": str}
 
 
-def write_prepared(out_dir: Path, images: np.ndarray, index: pd.DataFrame, report: Mapping[str, Any]) -> None:
-    """Write images.npy, index.csv and prepare_report.json into ``out_dir`` (a fresh temp folder)."""
-    if len(index) != len(images):
-        raise ValueError(f"index has {len(index)} rows for {len(images)} images")
+def write_prepared(
+    out_dir: Path, images: np.ndarray | None, index: pd.DataFrame, report: Mapping[str, Any]
+) -> None:
+    """Write images.npy, index.csv and prepare_report.json into ``out_dir`` (a fresh temp folder).
+
+    ``images`` None: images.npy is already there (written row by row with ``prepared_appender``).
+    """
     out_dir = Path(out_dir)
-    with atomic.atomic_path(out_dir / ARRAY_FILE) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(images, dtype=np.uint8))
+    if images is not None:
+        with atomic.atomic_path(out_dir / ARRAY_FILE) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(images, dtype=np.uint8))
+    n_images = len(np.load(out_dir / ARRAY_FILE, mmap_mode="r"))  # reads the header only
+    if len(index) != n_images:
+        raise ValueError(f"index has {len(index)} rows for {n_images} images")
     with atomic.atomic_path(out_dir / INDEX_FILE) as tmp:
         index.to_csv(tmp, index=False, lineterminator="\n")
     atomic.write_json(out_dir / PREPARE_REPORT, dict(report))
+
+
+def prepared_appender(out_dir: Path, image_size: int) -> ArrayAppender:
+    """images.npy of ``out_dir`` (a fresh temp folder), written one image at a time."""
+    return ArrayAppender(Path(out_dir) / ARRAY_FILE, (image_size, image_size, 3), np.uint8)
 
 
 def load_prepared(prepared_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:

@@ -147,3 +147,56 @@ class ImageRows:
 def open_rows(path: Path, rows: np.ndarray | None = None) -> ImageRows:
     """``ImageRows`` over an ``.npy`` file (memory-mapped for its header, read positionally)."""
     return ImageRows(np.load(Path(path), mmap_mode="r"), rows)
+
+
+class ArrayAppender:
+    """Write an ``.npy`` array of images one image at a time, with plain writes.
+
+    The header is rewritten with the final count on ``close``; numpy pads the header so that the
+    first axis can grow to 21 digits in place, so the file is byte for byte what ``np.save``
+    writes for the same array. Writing through a memory map instead would keep every written
+    page mapped (the whole array counted in the writer's RSS).
+    """
+
+    def __init__(
+        self, path: Path, item_shape: tuple[int, ...], dtype: np.dtype[Any] | type = np.uint8
+    ) -> None:
+        self.path = Path(path)
+        self.item_shape = tuple(int(d) for d in item_shape)
+        self.dtype = np.dtype(dtype)
+        self.count = 0
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in close())
+        self._write_header()
+        self._header_bytes = self._file.tell()
+
+    def _write_header(self) -> None:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.count, *self.item_shape),
+        }
+        np.lib.format.write_array_header_1_0(self._file, header)
+
+    def append(self, image: np.ndarray) -> None:
+        """Add one image (of ``item_shape``) as the next row."""
+        image = np.ascontiguousarray(image, dtype=self.dtype)
+        if image.shape != self.item_shape:
+            raise ValueError(f"{self.path}: expected an image of shape {self.item_shape}, got {image.shape}")
+        self._file.write(image.tobytes())
+        self.count += 1
+
+    def close(self) -> int:
+        """Write the final header; returns the number of rows."""
+        if not self._file.closed:
+            self._file.seek(0)
+            self._write_header()  # same length: numpy leaves room for the count to grow
+            if self._file.tell() != self._header_bytes:
+                raise OSError(f"{self.path}: the .npy header changed length ({self.count} rows)")
+            self._file.close()
+        return self.count
+
+    def __enter__(self) -> ArrayAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from melanoma import atomic
 from melanoma.config import PrepareParams
-from melanoma.contracts import IMAGES_DIR, index_image_files, read_metadata, write_prepared
+from melanoma.contracts import IMAGES_DIR, index_image_files, prepared_appender, read_metadata, write_prepared
 from melanoma.errors import DataError
 from melanoma.images import ImageDecodeError, load_resized
 from melanoma.labels import BENIGN, MELANOMA, derive_labels
@@ -102,12 +102,12 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
     kept_rows: list[int] = []
     seen: dict[str, str] = {}
     with atomic.atomic_dir(out_dir) as tmp:
-        buffer = np.lib.format.open_memmap(
-            tmp / "buffer.npy", mode="w+", dtype=np.uint8, shape=(max(len(tasks), 1), size, size, 3)
-        )
+        # Kept images go straight to images.npy in order, one write each: memory holds the
+        # workers' few results in flight, never the array.
+        appender = prepared_appender(tmp, size)
         extra: dict[str, list] = {"sha1": [], "file_bytes": [], "orig_width": [], "orig_height": []}
         chunk = max(1, min(64, len(tasks) // (workers * 8) or 1))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with appender, ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_decode_one, tasks, chunksize=chunk)
             for pos, res in enumerate(Progress(results, total=len(tasks), desc="prepare", unit="img")):
                 isic_id = candidates.at[pos, "isic_id"]
@@ -118,7 +118,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
                     duplicates.append({"isic_id": isic_id, "duplicate_of": seen[res.sha1]})
                     continue
                 seen.setdefault(res.sha1, isic_id)
-                buffer[len(kept_rows)] = res.array
+                appender.append(res.array)
                 kept_rows.append(pos)
                 extra["sha1"].append(res.sha1)
                 extra["file_bytes"].append(res.nbytes)
@@ -169,9 +169,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
             "duplicates": duplicates,
             "orphan_images": orphans,
         }
-        write_prepared(tmp, buffer[: len(kept_rows)], index, report)
-        del buffer
-        (tmp / "buffer.npy").unlink()
+        write_prepared(tmp, None, index, report)
     log.info("prepare: %.1f s (%.1f images/s)", seconds, len(tasks) / seconds if seconds > 0 else 0.0)
     log.info(
         "prepare: kept %d (%d melanoma); dropped %d unlabeled, %d corrupt, %d duplicate, %d missing",
