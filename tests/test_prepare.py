@@ -104,10 +104,28 @@ def test_a_second_run_writes_byte_identical_files(raw_dir: Path, tmp_path: Path)
     # The prepared folder is a DVC output: identical bytes on rerun keep every later stage up to date.
     prepare(raw_dir, tmp_path / "a", PARAMS)
     prepare(raw_dir, tmp_path / "b", PARAMS)
-    names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == ["images.npy", "index.csv", "prepare_report.json"]
+    names = sorted(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert names[:3] == ["images.npy", "index.csv", "prepare_report.json"]
+    assert {"provenance/ingest_report.json", "provenance/attribution.txt", "provenance/licences.json"} <= set(
+        names
+    )
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_the_raw_layouts_small_files_travel_with_the_prepared_set(raw_dir: Path, tmp_path: Path) -> None:
+    # The report reads them from data/prepared: a box that pulled only data/prepared has them.
+    from melanoma import contracts
+
+    prepare(raw_dir, tmp_path / "p", PARAMS)
+    prov = tmp_path / "p" / contracts.PROVENANCE_DIR
+    for name in ("ingest_report.json", "attribution.txt"):
+        assert (prov / name).read_bytes() == (raw_dir / name).read_bytes()
+    assert contracts.read_license_texts(prov) == contracts.read_license_texts(raw_dir)
+    counts, cc_by = contracts.read_licence_summary(prov)
+    meta = contracts.read_metadata(raw_dir)  # every row, kept or dropped
+    assert counts == meta["copyright_license"].replace("", "unknown").value_counts().to_dict()
+    assert sum(counts.values()) == len(meta)
 
 
 def test_draft_margin_reaches_the_workers_and_the_report(raw_dir: Path, tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ def _prepared_and_splits(root: Path) -> None:
             "n_unlabeled": 2, "n_manipulated": 1, "n_missing_image": 0, "n_corrupt": 3, "n_duplicates": 1,
             "n_orphan_images": 0}  # fmt: skip
     contracts.write_prepared(root / "data/prepared", images, index, prep)
+    contracts.write_provenance(root / "data/raw", root / "data/prepared")  # as prepare does
     part = {"train": [0, 1, 2, 3, 4, 5], "val": [6, 7], "test": [8, 9]}
     frames = {k: index.iloc[v] for k, v in part.items()}
 
@@ -204,7 +205,7 @@ def _leaves(obj: Any) -> list[Any]:
 def source_numbers(root: Path) -> set[str]:
     """Every number the README may print: each numeric value of every source JSON, formatted as the
     report formats it, and numbers quoted inside their strings (the registry's reason, '<40')."""
-    files = [root / "data/raw/ingest_report.json", root / "data/prepared/prepare_report.json",
+    files = [root / "data/prepared/provenance/ingest_report.json", root / "data/prepared/prepare_report.json",
              root / "data/splits/split_report.json", root / "reports/registry.json"]  # fmt: skip
     for name in MODELS:
         files += [root / f"models/{name}/model.json", root / f"reports/metrics/{name}.json"]
@@ -454,8 +455,8 @@ def test_same_inputs_give_identical_bytes_anywhere(built: Path, tmp_path: Path) 
 
 @pytest.mark.parametrize(
     "missing",
-    ["data/prepared/prepare_report.json", "data/splits/split_report.json", "data/raw/ingest_report.json",
-     "data/raw/attribution.txt", "reports/registry.json", "models/cnn/model.json", "reports/metrics/baseline.json",
+    ["data/prepared/prepare_report.json", "data/splits/split_report.json", "data/prepared/provenance/ingest_report.json",
+     "data/prepared/provenance/attribution.txt", "data/prepared/provenance/licences.json", "reports/registry.json", "models/cnn/model.json", "reports/metrics/baseline.json",
      "reports/plots/cnn/subgroups.json", "data/prepared/images.npy", "reports/plots/cnn/external_roc.json"],
 )  # fmt: skip
 def test_a_missing_input_is_a_data_error_naming_it(tmp_path: Path, missing: str) -> None:

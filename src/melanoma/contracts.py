@@ -9,7 +9,7 @@ The hand-offs::
     ingest   -> data/raw/        images/<isic_id>.<ext>, metadata.csv (isic-cli columns),
                                  attribution.txt, licenses/<lic>.txt, ingest_report.json
     prepare  -> data/prepared/   images.npy (N x S x S x 3 uint8), index.csv (row i = image i),
-                                 prepare_report.json
+                                 prepare_report.json, provenance/ (raw's small files + licences.json)
     split    -> data/splits/     {train,val,test}.csv (rows of index.csv + group), split_report.json
     external -> data/external/   external_report.json; when a set is configured also images.npy,
                                  index.csv, prepare_report.json (the prepared layout, same prepare params)
@@ -384,6 +384,47 @@ def read_license_texts(raw_dir: Path) -> dict[str, str]:
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; run the ingest stage first")
     return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))}
+
+
+# The raw layout's small files, carried into data/prepared by prepare: what reads them (the report)
+# then never depends on data/raw, so a box that pulled data/prepared alone has them.
+PROVENANCE_DIR = "provenance"
+LICENCES_JSON = "licences.json"
+
+
+def licence_summary(meta: pd.DataFrame) -> dict[str, Any]:
+    """Images per licence and, for the CC-BY* images, per attribution (most first), over every row."""
+    if "copyright_license" not in meta.columns:
+        return {"counts": None, "cc_by_attributions": {}}
+    lic = meta["copyright_license"].replace("", "unknown")
+    attr = meta.get("attribution", pd.Series("", index=meta.index)).replace("", "Anonymous")
+    by = attr[lic.str.upper().str.startswith("CC-BY")]
+    return {
+        "counts": dict(sorted(Counter(lic).items())),
+        "cc_by_attributions": dict(sorted(Counter(by).items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def write_provenance(raw_dir: Path, out_dir: Path, meta: pd.DataFrame | None = None) -> None:
+    """``out_dir/provenance/``: ingest_report.json, attribution.txt and licenses/ of ``raw_dir``
+    (those present; their readers name what is missing), and licences.json (``licence_summary``)."""
+    raw_dir, dest = Path(raw_dir), Path(out_dir) / PROVENANCE_DIR
+    for name in (INGEST_REPORT, ATTRIBUTION_TXT):
+        if (raw_dir / name).is_file():
+            atomic.write_bytes(dest / name, (raw_dir / name).read_bytes())
+    (dest / LICENSES_DIR).mkdir(parents=True, exist_ok=True)
+    for path in sorted((raw_dir / LICENSES_DIR).glob("*.txt")):
+        atomic.write_bytes(dest / LICENSES_DIR / path.name, path.read_bytes())
+    atomic.write_json(dest / LICENCES_JSON, licence_summary(read_metadata(raw_dir) if meta is None else meta))
+
+
+def read_licence_summary(provenance_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(images per licence, CC-BY images per attribution) from provenance/licences.json."""
+    path = Path(provenance_dir) / LICENCES_JSON
+    summary = _read_json_file(path, "run the prepare stage first")
+    if summary.get("counts") is None:
+        raise DataError(f"{path}: the ingested metadata.csv had no copyright_license column")
+    return dict(summary["counts"]), dict(summary.get("cc_by_attributions") or {})
 
 
 def read_prepare_report(prepared_dir: Path) -> dict[str, Any]:

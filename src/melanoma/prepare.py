@@ -20,7 +20,14 @@ from PIL import Image
 
 from melanoma import atomic
 from melanoma.config import PrepareParams
-from melanoma.contracts import IMAGES_DIR, index_image_files, prepared_appender, read_metadata, write_prepared
+from melanoma.contracts import (
+    IMAGES_DIR,
+    index_image_files,
+    prepared_appender,
+    read_metadata,
+    write_prepared,
+    write_provenance,
+)
 from melanoma.errors import DataError
 from melanoma.images import ImageDecodeError, load_resized
 from melanoma.labels import BENIGN, MELANOMA, derive_labels
@@ -170,6 +177,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
             "orphan_images": orphans,
         }
         write_prepared(tmp, None, index, report)
+        write_provenance(raw_dir, tmp, meta)
     log.info("prepare: %.1f s (%.1f images/s)", seconds, len(tasks) / seconds if seconds > 0 else 0.0)
     log.info(
         "prepare: kept %d (%d melanoma); dropped %d unlabeled, %d corrupt, %d duplicate, %d missing",

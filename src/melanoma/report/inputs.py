@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from melanoma.errors import DataError
 class ReportPaths:
     """Where the report's inputs are and where it writes (``out_dir``: README, card, figures/)."""
 
-    raw_dir: Path
+    provenance_dir: Path  # data/prepared/provenance: the raw layout's small files
     prepared_dir: Path
     splits_dir: Path
     models_dir: Path  # models/<name>/
@@ -33,7 +32,7 @@ class ReportPaths:
         """The pipeline's layout (dvc.yaml) below a repository root."""
         root = Path(root)
         return cls(
-            raw_dir=root / "data/raw",
+            provenance_dir=root / "data/prepared" / contracts.PROVENANCE_DIR,
             prepared_dir=root / "data/prepared",
             splits_dir=root / "data/splits",
             models_dir=root / "models",
@@ -92,18 +91,6 @@ class Study:
     registry: dict[str, Any]
 
 
-def _licences(raw_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
-    meta = contracts.read_metadata(raw_dir)
-    if "copyright_license" not in meta.columns:
-        raise DataError(f"{Path(raw_dir) / contracts.METADATA_CSV}: no copyright_license column")
-    lic = meta["copyright_license"].replace("", "unknown")
-    counts = dict(sorted(Counter(lic).items()))
-    attr = meta.get("attribution", pd.Series("", index=meta.index)).replace("", "Anonymous")
-    by = attr[lic.str.upper().str.startswith("CC-BY")]
-    cc_by = dict(sorted(Counter(by).items(), key=lambda kv: (-kv[1], kv[0])))
-    return counts, cc_by
-
-
 def load_model_result(paths: ReportPaths, name: str) -> ModelResult:
     """model.json, history.json (None when absent), metrics JSON and plot series of one model."""
     model_dir = paths.models_dir / name
@@ -124,11 +111,11 @@ def load_study(paths: ReportPaths, model_names: Sequence[str]) -> Study:
     if not model_names:
         raise DataError("report: no models given")
     images, index = contracts.load_prepared(paths.prepared_dir)
-    counts, cc_by = _licences(paths.raw_dir)
+    counts, cc_by = contracts.read_licence_summary(paths.provenance_dir)
     return Study(
-        ingest=contracts.read_ingest_report(paths.raw_dir),
-        attributions=contracts.read_attribution(paths.raw_dir),
-        licence_texts=contracts.read_license_texts(paths.raw_dir),
+        ingest=contracts.read_ingest_report(paths.provenance_dir),
+        attributions=contracts.read_attribution(paths.provenance_dir),
+        licence_texts=contracts.read_license_texts(paths.provenance_dir),
         licence_counts=counts,
         cc_by_attributions=cc_by,
         images=images,

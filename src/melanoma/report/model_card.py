@@ -55,18 +55,21 @@ def _data(study: Study) -> list[str]:
         [
             lic,
             fmt.num(n),
-            f"`data/raw/licenses/{lic}.txt`" if lic in study.licence_texts else "no licence text",
+            f"`data/prepared/provenance/licenses/{lic}.txt`"
+            if lic in study.licence_texts
+            else "no licence text",
         ]
         for lic, n in study.licence_counts.items()
     ]
     out = [
         "## Training data",
         "",
-        f"Source: `{study.ingest.get('source')}` (`data/raw/ingest_report.json`); "
+        f"Source: `{study.ingest.get('source')}` (`data/prepared/provenance/ingest_report.json`, copied from `data/raw`); "
         f"{fmt.num(study.prepare.get('n_kept'))} images kept after cleaning, "
         f"melanoma fraction {fmt.num(study.prepare.get('melanoma_fraction'))}. Split by patient: see README.",
         "",
-        "Licences of the ingested images (`data/raw/metadata.csv`, column `copyright_license`):",
+        "Licences of the ingested images (`data/raw/metadata.csv`, column `copyright_license`, counted in "
+        "`data/prepared/provenance/licences.json`):",
         "",
         fmt.table(["licence", "images", "text"], lic_rows),
         "",
@@ -78,7 +81,11 @@ def _data(study: Study) -> list[str]:
         out += ["Attribution required by the CC-BY* images (images per attribution):", ""]
         out += [f"- {a} ({fmt.num(n)})" for a, n in study.cc_by_attributions.items()]
         out += [""]
-    out += ["All contributors (`data/raw/attribution.txt`): " + "; ".join(study.attributions) + "."]
+    out += [
+        "All contributors (`data/prepared/provenance/attribution.txt`): "
+        + "; ".join(study.attributions)
+        + "."
+    ]
     return out
 
 

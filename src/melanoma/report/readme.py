@@ -17,7 +17,7 @@ EXTERNAL_ROC, EXTERNAL_PRC = "external_roc.png", "external_prc.png"
 SPLIT_NAMES = ("train", "val", "test")
 # Names (not paths) of the files the numbers come from, as laid out by dvc.yaml.
 SOURCES = (
-    "data/raw/ingest_report.json",
+    "data/prepared/provenance/ingest_report.json",
     "data/prepared/prepare_report.json",
     "data/splits/split_report.json",
     "models/<name>/model.json",
@@ -44,7 +44,10 @@ def _intro(study: Study) -> list[str]:
         lines += ["", "> Data source: the built-in **synthetic** sample. These numbers test the pipeline; "
                   "they say nothing about real lesions."]  # fmt: skip
     else:
-        lines += ["", f"Data source: `{study.ingest.get('source')}` (see `data/raw/ingest_report.json`)."]
+        lines += [
+            "",
+            f"Data source: `{study.ingest.get('source')}` (see `data/prepared/provenance/ingest_report.json`).",
+        ]
     return lines
 
 
