@@ -73,6 +73,14 @@ RSS_PROBE = textwrap.dedent(
 
     path, mode = sys.argv[2], sys.argv[3]
     view = open_rows(path)
+    if mode.startswith("features"):  # the baseline's feature pass (train, evaluate, register)
+        from melanoma.features import extract_features
+        view = open_rows(path, np.arange(int(mode.split(":")[1])))
+        extract_features(view[:256])
+        base = status_mib("VmRSS")
+        rows = extract_features(view)
+        print(json.dumps({"base": base, "peak": status_mib("VmHWM"), "batches": len(rows) // 64}))
+        sys.exit(0)
     labels = (np.arange(len(view)) % 5 == 0).astype(np.int64)
     images = view if mode == "streamed" else np.load(path)  # the old design: the split in memory
     ds = make_dataset(images if mode == "streamed" else images[np.arange(len(images))], labels, 64,
@@ -114,3 +122,10 @@ def test_an_epoch_holds_a_few_batches_not_the_split(tmp_path: Path) -> None:
     # The check can fail: the in-memory design holds the split (twice) and exceeds the same ceiling.
     in_memory = probe(path, "in-memory")
     assert in_memory["peak"] - streamed["base"] > data_mib, in_memory
+    # The baseline's feature pass (what train, evaluate and register run) over a quarter of the file
+    # and over all of it: its float temporaries are per batch, so 4x the images add ~nothing.
+    quarter, whole = (probe(path, f"features:{k}") for k in (n // 4, n))
+    grew = (whole["peak"] - whole["base"]) - (quarter["peak"] - quarter["base"])
+    assert grew < 0.1 * data_mib, (
+        f"4x the images grew the feature pass's peak by {grew:.0f} MiB: {quarter} {whole}"
+    )
