@@ -67,6 +67,9 @@ import psutil
 import yaml
 
 from loadmeter import HZ, verdict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from integration.worktree import copy_repo  # noqa: E402  (the end-to-end tests' copy)
 from melanoma import stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,19 +233,6 @@ def timed_call(fn: Callable[[], object]) -> Measure:
 
 
 # --- the temporary repository ------------------------------------------------------------------------------
-
-
-def copy_repo(dest: Path) -> None:
-    """Copy what a clone would have plus work in progress (tracked and untracked-not-ignored files),
-    without the pipeline's outputs (as test_pipeline_e2e.copy_repo, which lives among the tests)."""
-    names = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, names):
-        src = REPO / name.decode()
-        if src.is_file() and not name.startswith((b"data/", b"models/", b"reports/")):
-            (dest / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name.decode())
 
 
 def deep_update(base: dict, extra: dict) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import yaml
 
 from integration.stage_deps import lock_deps, missing_deps, read_traces
 from integration.test_mlflow_ui import check_models_page
+from integration.worktree import copy_repo
 
 if TYPE_CHECKING:
     from integration.conftest import LoopbackBrowser
@@ -60,18 +60,6 @@ TINY = {
     # its own registered model: the session's MLflow server is shared with the registry tests
     "mlflow": {"registered_model": "e2e-melanoma"},
 }
-
-
-def copy_repo(dest: Path) -> None:
-    """Copy the tracked and untracked-but-not-ignored files (what a clone would have, plus work in progress)."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, files):
-        src = REPO / name.decode()
-        if src.is_file() and not name.startswith((b"data/", b"models/", b"reports/")):
-            (dest / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name.decode())
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
