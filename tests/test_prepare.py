@@ -57,6 +57,25 @@ def test_bad_rows_are_dropped_counted_and_never_crash(raw_dir: Path, tmp_path: P
     assert not {"ISIC_0000001", "ISIC_0000006", "ISIC_0000007", "ISIC_0000009"} & set(index["isic_id"])
 
 
+def test_errors_name_files_from_the_raw_folder_never_by_the_path_they_were_read_from(
+    raw_dir: Path, tmp_path: Path
+) -> None:
+    # The external stage prepares from a scratch folder with a random name: a message quoting it would
+    # make the tracked report change on every run (issue 18). Two copies of the same raw folder under
+    # different (absolute, temporary) paths give the same report bytes.
+    (raw_dir / "images" / "ISIC_0000002.jpg").write_bytes(b"garbage")
+    elsewhere = tmp_path / ".scratch-x7q" / "raw"
+    shutil.copytree(raw_dir, elsewhere)
+    a = prepare(raw_dir, tmp_path / "a", PARAMS)
+    prepare(elsewhere.resolve(), tmp_path / "b", PARAMS)
+    (error,) = [c["error"] for c in a["corrupt"]]
+    assert "raw/images/ISIC_0000002.jpg" in error and str(tmp_path) not in error, error
+    reports = [json.loads((tmp_path / d / "prepare_report.json").read_text()) for d in "ab"]
+    for r in reports:
+        r.pop("raw_dir")  # the folder it was given (the external stage names its set instead)
+    assert reports[0] == reports[1]
+
+
 def test_png_and_odd_extensions_are_read(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     make_raw(raw, n=8, pos_every=2)

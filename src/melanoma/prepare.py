@@ -53,20 +53,29 @@ class Decoded:
     error: str | None
 
 
-def _decode_one(task: tuple[str, int, str, bool, float]) -> Decoded:
-    """Read, hash and resize one file (runs in a worker process)."""
-    path, size, fit, draft, draft_margin = task
+def _decode_one(task: tuple[str, str, int, str, bool, float]) -> Decoded:
+    """Read, hash and resize one file (runs in a worker process).
+
+    Errors name the file as ``shown`` (relative to the raw folder's parent: ``raw/images/x.jpg``),
+    never by the path it was read from: a scratch or absolute path in the tracked report would
+    change its bytes from run to run and machine to machine.
+    """
+    path, shown, size, fit, draft, draft_margin = task
+
+    def failed(exc: BaseException) -> str:
+        return str(exc).replace(path, shown).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return Decoded("", 0, 0, 0, None, f"unreadable: {exc}")
+        return Decoded("", 0, 0, 0, None, f"unreadable: {failed(exc)}")
     sha1 = hashlib.sha1(data).hexdigest()
     try:
         with Image.open(Path(path)) as head:
             width, height = head.size
         array = load_resized(data, size, fit, draft, draft_margin)  # type: ignore[arg-type]
     except (ImageDecodeError, OSError, ValueError, SyntaxError) as exc:
-        return Decoded(sha1, len(data), 0, 0, None, str(exc).splitlines()[0][:300])
+        return Decoded(sha1, len(data), 0, 0, None, failed(exc))
     return Decoded(sha1, len(data), width, height, array, None)
 
 
@@ -99,8 +108,10 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
     orphans = sorted(set(files) - set(meta["isic_id"]))
 
     size, workers = params.image_size, params.workers or os.cpu_count() or 1
+    shown = {i: files[i].relative_to(raw_dir.parent).as_posix() for i in candidates["isic_id"]}
     tasks = [
-        (str(files[i]), size, params.fit, params.draft, params.draft_margin) for i in candidates["isic_id"]
+        (str(files[i]), shown[i], size, params.fit, params.draft, params.draft_margin)
+        for i in candidates["isic_id"]
     ]
     log.info("prepare: decoding %d images to %dx%d on %d workers", len(tasks), size, size, workers)
 
