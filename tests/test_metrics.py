@@ -45,6 +45,16 @@ def test_operating_point_curves() -> None:
     assert sens_at_spec(y, p, 1.0) == 0.75
 
 
+def test_ece_on_a_hand_worked_case() -> None:
+    # bins of width 0.1: [0.05] y=0 -> |0.05 - 0| * 1/5; [0.15, 0.15] y=0,1 -> |0.15 - 0.5| * 2/5;
+    # [0.85] y=1 -> 0.15 * 1/5; [0.95] y=1 -> 0.05 * 1/5: 0.01 + 0.14 + 0.03 + 0.01 = 0.19
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.05, 0.15, 0.15, 0.85, 0.95])
+    assert expected_calibration_error(y, p, bins=10) == pytest.approx(0.19)
+    # five bins of width 0.2: [0.05, 0.15, 0.15] -> |0.1167 - 1/3| * 3/5; [0.85, 0.95] -> 0.1 * 2/5
+    assert expected_calibration_error(y, p, bins=5) == pytest.approx(0.6 * (1 / 3 - 0.35 / 3) + 0.4 * 0.1)
+
+
 def test_ece_zero_for_calibrated_and_large_for_overconfident() -> None:
     y = np.array([0] * 50 + [1] * 50)
     assert expected_calibration_error(y, np.full(100, 0.5)) == pytest.approx(0.0)

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import psutil
 import pytest
 import requests
@@ -62,9 +61,9 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield srv
 
 
-def expected_probability(registry: Registry, name: str, data: bytes) -> float:
-    """What the registered model says about ``data`` decoded the way prepare decodes files (with the
-    draft settings its model.json records)."""
+def expected_answer(registry: Registry, name: str, data: bytes) -> tuple[float, float]:
+    """(probability, threshold) of the registered model for ``data`` decoded the way prepare decodes
+    files (with the draft settings its model.json records), read from the version's own files."""
     import mlflow
 
     from melanoma.contracts import read_model_json
@@ -74,7 +73,11 @@ def expected_probability(registry: Registry, name: str, data: bytes) -> float:
     wrapper = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registry.versions[name]}").unwrap_python_model()
     model, info = wrapper.model, read_model_json(wrapper.model_dir)
     pixels = load_resized(data, model.image_size, model.fit, info["draft"], info["draft_margin"])
-    return float(model.predict_proba(pixels[None])[0])
+    return float(model.predict_proba(pixels[None])[0]), float(info["threshold"])
+
+
+def expected_probability(registry: Registry, name: str, data: bytes) -> float:
+    return expected_answer(registry, name, data)[0]
 
 
 def test_health_model_predict_and_batch_over_http(server: Server, registry: Registry) -> None:
@@ -194,12 +197,14 @@ def mutate(rng: random.Random, seeds: list[bytes]) -> tuple[bytes, str]:
 def test_fuzzing_500_malformed_uploads_never_5xx_and_memory_stays_bounded(server: Server) -> None:
     rng = random.Random(11)
     seeds = [sample_jpeg(seed=4), png_bytes(Image.open(io.BytesIO(sample_jpeg(seed=5)))), huge_png()]
-    uploads = [mutate(rng, seeds) for _ in range(500)]
+    # Every choice is drawn here, in order, from the one seeded generator: the 4 sending threads draw
+    # nothing, so the same 500 requests go out on every run.
+    uploads = [(*mutate(rng, seeds), rng.random() < 0.5) for _ in range(500)]
     proc = psutil.Process(server.proc.pid)
 
-    def send(item: tuple[bytes, str]) -> int:
-        data, ctype = item
-        if rng.random() < 0.5:
+    def send(item: tuple[bytes, str, bool]) -> int:
+        data, ctype, multipart = item
+        if multipart:
             return post_image(server.url, data, ctype or "application/octet-stream").status_code
         headers = {"Content-Type": ctype} if ctype else {}
         return requests.post(f"{server.url}/predict", data=data, headers=headers, timeout=60).status_code
@@ -222,7 +227,8 @@ def test_load_with_the_champion_moved_mid_run_fails_no_request(server: Server, r
     """20 clients for LOAD_SECONDS; the alias moves to the baseline halfway; every answer is 200 and
     its probability is exactly what the version it names gives (no request sees a half-swapped model)."""
     image = sample_jpeg(seed=6)
-    expected = {registry.versions[n]: expected_probability(registry, n, image) for n in ("cnn", "baseline")}
+    expected = {registry.versions[n]: expected_answer(registry, n, image) for n in ("cnn", "baseline")}
+    assert expected[registry.versions["cnn"]][1] != expected[registry.versions["baseline"]][1]
     latencies: list[float] = []
     failures: list[str] = []
     versions: list[str] = []
@@ -252,8 +258,9 @@ def test_load_with_the_champion_moved_mid_run_fails_no_request(server: Server, r
                     latencies.append(time.perf_counter() - t0)
                     v = body["model"]["version"]
                     versions.append(v)
-                    if abs(body["probability"] - expected[v]) > 1e-5:
-                        mismatched.append((v, body["probability"]))
+                    prob, threshold = expected[v]
+                    if abs(body["probability"] - prob) > 1e-5 or body["threshold"] != threshold:
+                        mismatched.append((v, body["probability"], body["threshold"]))
 
     threads = [threading.Thread(target=client) for _ in range(20)]
     try:
@@ -289,6 +296,10 @@ def test_load_with_the_champion_moved_mid_run_fails_no_request(server: Server, r
     assert not mismatched, mismatched[:5]
     assert swapped and n > 0
     assert versions[0] == registry.versions["cnn"]
+    # Both versions answered during the load, each with its own operating threshold (checked above).
+    served = Counter(versions)
+    assert served[registry.versions["cnn"]] > 0 and served[registry.versions["baseline"]] > 0, served
+    assert versions[-1] == registry.versions["baseline"], "the new champion never took over under load"
 
 
 def test_page_in_chromium_shows_probability_and_heat_map(
@@ -309,13 +320,17 @@ def test_page_in_chromium_shows_probability_and_heat_map(
         text = view.text()
         heat_src = page.get_attribute("#heatmap", "src") or ""
         preview_src = page.get_attribute("#preview", "src") or ""
+        decision = page.inner_text("#decision")
         assert view.outside_loopback(view.requests) == [] and view.blocked == []
         assert view.console_errors == []
     assert shot.stat().st_size > 10_000
     assert f"{MODEL} v{registry.versions['cnn']}" in text
-    assert "grad-cam" in text and ("melanoma" in text)
+    assert "grad-cam" in text
     assert heat_src.startswith("data:image/png;base64,") and preview_src.startswith("blob:")
-    assert np.isfinite(float(page_probability(text)))
+    # The page shows the API's answer for the same file (to the one decimal it prints).
+    api = post_image(server.url, image.read_bytes(), "image/jpeg").json()
+    assert float(page_probability(text)) == pytest.approx(100 * api["probability"], abs=0.051)
+    assert decision == api["label"] and api["melanoma"] == (api["probability"] >= api["threshold"])
 
 
 def page_probability(text: str) -> str:
