@@ -825,6 +825,10 @@ def full_training_rows(results: list[SizeResult], rows: list[dict[str, Any]]) ->
         factor = 1 + (counts[m] - 1) * share
         values = [human_s(e[k] * factor) for k in ("here_study", "t3_study", "t3_big")]
         what = f"epoch = {share:.2f} x 1st ({how.split(':')[0].split()[0]})"
+        if m == "transfer" and not results[-1].epochs[m]["steady"]:
+            # the slope holds the frozen-feature pass, which runs once: the head's epochs run on
+            # cached features, 260-535x cheaper per epoch (bench_training.py, section 2)
+            what += "; upper bound: ~the first epoch alone"
         out.append([f"train@{m}: {counts[m]} epochs", what, f"{e['k_used']:.2f}", "yes", *values])
     return out
 
