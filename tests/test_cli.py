@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,21 @@ def test_runs_go_to_the_repository_that_dvc_names(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     t = _tracking(Params())
     assert t.uri == "http://127.0.0.1:5000" and t.artifact_location is None
+
+
+def test_pin_numerics_caps_the_isa_keeps_a_lower_cap_and_sets_threads(monkeypatch) -> None:  # noqa: ANN001
+    from melanoma.cli import pin_numerics
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    pin_numerics("AVX2", 0)
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2" and "TF_NUM_INTRAOP_THREADS" not in os.environ
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # a user's higher cap: the stage's wins
+    pin_numerics("AVX2", 3)
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2" and os.environ["TF_NUM_INTRAOP_THREADS"] == "3"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX")  # a CPU (or user) that cannot run AVX2: kept
+    pin_numerics("AVX2", 0)
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    pin_numerics("native", 0)
+    assert "ONEDNN_MAX_CPU_ISA" not in os.environ

@@ -39,6 +39,32 @@ def _quiet_third_parties() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# oneDNN's ISA levels, lowest first (its ONEDNN_MAX_CPU_ISA names): a cap never raises what the
+# environment already caps lower (a machine or a user that cannot run more).
+ISA_ORDER = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
+
+
+def pin_numerics(cpu_isa: str, threads: int) -> None:
+    """Set the CPU numerics every TensorFlow stage runs with, before TensorFlow is imported.
+
+    ``cpu_isa`` (``train.cpu_isa``) caps oneDNN's instruction set, ``threads`` (``train.threads``)
+    fixes TensorFlow's intra-op thread count: both decide the order of float sums, so both decide
+    the trained bytes. The stages set them themselves (not the user), so a fresh clone on another
+    CPU trains the same bytes.
+    """
+    if "tensorflow" in sys.modules:  # too late to change oneDNN's ISA in this process
+        log.warning("numerics: TensorFlow is already loaded; train.cpu_isa/threads may not apply")
+    if cpu_isa != "native":
+        given = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+        if given in ISA_ORDER and ISA_ORDER.index(given) < ISA_ORDER.index(cpu_isa):
+            log.warning("numerics: ONEDNN_MAX_CPU_ISA=%s is below train.cpu_isa=%s: kept, and the trained "
+                        "bytes will differ from a %s run", given, cpu_isa, cpu_isa)  # fmt: skip
+        else:
+            os.environ["ONEDNN_MAX_CPU_ISA"] = cpu_isa
+    if threads > 0:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+
+
 def repo_root() -> Path:
     """The user's repository: DVC's ``DVC_ROOT`` when a stage runs under DVC, else the current folder.
 
@@ -422,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = (
             None if args.func in (cmd_stack, cmd_remote) else load_params(args.params)
         )  # validated before any work
+        if params is not None:
+            pin_numerics(params.train.cpu_isa, params.train.threads)
         args.func(params, args)
     except MelanomaError as exc:
         log.error("%s", exc)

@@ -310,6 +310,12 @@ class TrainParams:
     augment: AugmentParams = field(default_factory=AugmentParams)
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     devices: tuple[Str, ...] = ()  # mirrored: explicit devices (e.g. /cpu:0, /cpu:1); empty = all GPUs
+    # The CPU instruction set oneDNN may use (its ONEDNN_MAX_CPU_ISA), set by every stage: kernels
+    # differ by ISA and so do their float sums, so a cap every x86-64 CPU of the last decade has
+    # (AVX2) makes the trained bytes the same on all of them; "native" lets oneDNN pick (faster).
+    cpu_isa: Literal["native", "SSE41", "AVX", "AVX2", "AVX512_CORE"] = "AVX2"
+    # TensorFlow's intra-op threads: its work split (and float sums) follows the count; 0 = every core
+    threads: Int = Field(default=0, ge=0)
 
 
 @_section

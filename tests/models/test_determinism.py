@@ -27,6 +27,9 @@ FAMILIES = ("baseline", "cnn", "transfer", "cnn_residual")
 TRAIN_TWICE = r"""
 import sys, types
 from pathlib import Path
+if len(sys.argv) > 3 and sys.argv[3] != "-":  # the CPU numerics as every stage sets them (cli.main)
+    from melanoma.cli import pin_numerics
+    pin_numerics(sys.argv[3], 0)
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from helpers import lesion_image
@@ -53,6 +56,8 @@ for folder_name, name, size, changes in (
     ("baseline", "baseline", 32, {}), ("cnn", "cnn", 16, {}), ("transfer", "transfer", 32, {}),
     ("cnn_residual", "cnn", 16, RESIDUAL),
 ):
+    if len(sys.argv) > 4 and folder_name not in sys.argv[4].split(","):
+        continue
     x, y = tiny(48, size, 0)
     xv, yv = tiny(18, size, 1)
     params = Params(**{
@@ -85,11 +90,19 @@ print("TRAINED", *sorted(p.name for p in out.iterdir()))
 """
 
 
-def train_in_fresh_process(out: Path) -> None:
+def train_in_fresh_process(
+    out: Path, pin: str = "-", families: tuple[str, ...] = FAMILIES, machine_isa: str | None = None
+) -> None:
+    """Train ``families`` in a fresh process; ``pin``: ``train.cpu_isa`` as the stages apply it
+    ("-": none); ``machine_isa``: ONEDNN_MAX_CPU_ISA in the environment (stands for a CPU with that
+    instruction set at most)."""
     tests_dir = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    if machine_isa:
+        env["ONEDNN_MAX_CPU_ISA"] = machine_isa
     proc = subprocess.run(
-        [sys.executable, "-c", TRAIN_TWICE, tests_dir, str(out)],
+        [sys.executable, "-c", TRAIN_TWICE, tests_dir, str(out), pin, ",".join(families)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -188,3 +201,35 @@ def test_shared_object_ids_become_ranks(tmp_path: Path) -> None:
     assert len(rank) == len(set(before)) and len(set(rank.values())) == len(rank)  # one-to-one: sharing kept
     loaded = keras.saving.load_model(tmp_path / KERAS_FILE, compile=False)
     assert loaded.get_layer("b").kernel_regularizer.l2 == pytest.approx(1e-3)
+
+
+# --- the same bytes on another CPU -------------------------------------------------------------------------
+DEEP = ("cnn", "transfer")
+
+
+@pytest.fixture(scope="module")
+def isa_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """This machine with the stages' pin (train.cpu_isa AVX2, the default), an AVX2-only CPU (the
+    environment's cap) without any pin, and this machine without the pin (train.cpu_isa native)."""
+    runs = {
+        "pinned": ("AVX2", None),
+        "avx2_cpu": ("-", "AVX2"),
+        "native": ("native", None),
+    }
+    out = {}
+    for name, (pin, machine) in runs.items():
+        out[name] = tmp_path_factory.mktemp(name)
+        train_in_fresh_process(out[name], pin, DEEP, machine)
+    return out
+
+
+@pytest.mark.parametrize("family", DEEP)
+def test_the_pinned_isa_trains_what_an_avx2_cpu_trains(isa_runs: dict[str, Path], family: str) -> None:
+    pinned, avx2_cpu = files_of(isa_runs["pinned"] / family), files_of(isa_runs["avx2_cpu"] / family)
+    assert pinned == avx2_cpu, f"{family}: {[n for n in pinned if pinned[n] != avx2_cpu.get(n)]} differ"
+    # The check can fail: unpinned, an AVX-512 CPU's own kernels train other weights (on a CPU whose
+    # best is AVX2 the two runs are the same by construction, and there is nothing to tell apart).
+    native = files_of(isa_runs["native"] / family)
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").is_file() else []
+    if "avx512f" in flags:
+        assert native[KERAS_FILE] != pinned[KERAS_FILE], "the pin changed nothing on an AVX-512 CPU"
