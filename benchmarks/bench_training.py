@@ -34,13 +34,16 @@ Three checks on synthetic 100x100 uint8 lesion-like images (no dependency on any
                    per stage) and against residual with mixup + cutmix; ratios to the plain CNN,
                    steady steps after a traced warm-up, passes interleaved, best of ``--repeat``.
                    Context for choosing ``cnn.*`` defaults (quality: bench_quality.py); no target.
+7. isa             Seconds per epoch of the default CNN with oneDNN capped at AVX2 (the default
+                   ``train.cpu_isa``: the same bytes on every x86-64 CPU since 2013) vs oneDNN's own
+                   pick for this CPU, fresh children as in 5. The price of CPU-independent bytes.
 
 Absolute times are printed as context only: the machine may be shared, so each timed pass also
 records how many cores OTHER processes used meanwhile (from ``/proc/stat``); a verdict drawn from a
 pass where they used more than 0.25 cores is flagged "not clean".
 
     .venv/bin/python benchmarks/bench_training.py [--n 1024] [--steps 20] [--repeat 3] [--json OUT]
-        [--only pipeline,cached,inference,augment,determinism,architectures]
+        [--only pipeline,cached,inference,augment,determinism,architectures,isa]
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ PREDICT_BATCH = 128
 TARGET_PIPELINE = 0.9  # pipeline / in-memory training throughput
 TARGET_CACHED = 5.0  # naive epoch / cached-feature epoch
 # architectures last: it turns op determinism on, which is process-wide
-SECTIONS = ("pipeline", "cached", "inference", "augment", "determinism", "architectures")
+SECTIONS = ("pipeline", "cached", "inference", "augment", "determinism", "architectures", "isa")
 TARGET_AUGMENT = 2.0  # old all-transforms / one-transform flips and rotations, CPU per batch
 
 
@@ -623,53 +626,80 @@ def determinism_child(mode: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_determinism(args: argparse.Namespace) -> dict:
-    print(
-        f"\n== 5. op determinism: default CNN via fit_loop, {args.det_n} images, batch {BATCH}, "
-        f"{args.det_epochs} epochs per child, {args.repeat} children per mode (alternated); best steady epoch"
-    )
-    runs: dict[str, list[float]] = {"off": [], "on": []}
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
-    loads: dict[str, list[Pass]] = {"off": [], "on": []}
+def child_epochs(
+    args: argparse.Namespace, variants: dict[str, tuple[str, dict[str, str]]]
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[Pass]]]:
+    """``args.repeat`` fresh children per variant (label -> (op determinism on/off, extra environment)),
+    alternated; each trains the default CNN. Per variant: steady epochs' wall and CPU seconds, and the
+    load meter of each child."""
+    runs: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    loads: dict[str, list[Pass]] = {k: [] for k in variants}
     for _ in range(args.repeat):
-        for mode in ("off", "on"):
+        for label, (mode, extra) in variants.items():
             cmd = [sys.executable, __file__, "--determinism-child", mode, "--det-n", str(args.det_n),
                    "--det-epochs", str(args.det_epochs), "--seed", str(args.seed)]  # fmt: skip
+            env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"} | extra
             p = Pass()
             with measured(p):
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("{")), None)
             if proc.returncode != 0 or line is None:
-                raise RuntimeError(f"determinism child ({mode}) failed:\n{proc.stderr[-2000:]}")
+                raise RuntimeError(f"training child ({label}) failed:\n{proc.stderr[-2000:]}")
             got = json.loads(line)
             assert got["enabled"] == (mode == "on"), got
-            runs[mode].extend(got["epochs"][1:])  # the first epoch traces
-            cpu[mode].extend(got["cpu"][1:])
-            loads[mode].append(p)
+            runs[label].extend(got["epochs"][1:])  # the first epoch traces
+            cpu[label].extend(got["cpu"][1:])
+            loads[label].append(p)
+    return runs, cpu, loads
+
+
+def compare_children(
+    title: str, runs: dict[str, list[float]], cpu: dict[str, list[float]], loads: dict[str, list[Pass]]
+) -> dict:
+    """Print best/median epoch seconds per variant and the ratio of the second to the first."""
+    first, second = list(runs)
     best = {k: min(v) for k, v in runs.items()}
     median = {k: float(np.median(v)) for k, v in runs.items()}
     cpu_median = {k: float(np.median(v)) for k, v in cpu.items()}
-    print(
-        f"   {'op determinism':<16}{'best epoch s':>13}{'median s':>10}{'median CPU s':>14}{'other load':>12}"
-    )
-    for k in ("off", "on"):
+    print(f"   {title:<16}{'best epoch s':>13}{'median s':>10}{'median CPU s':>14}{'other load':>12}")
+    for k in runs:
         worst = max((p.foreign_cores or 0.0) for p in loads[k])
         print(f"   {k:<16}{best[k]:>13.2f}{median[k]:>10.2f}{cpu_median[k]:>14.2f}{worst:>12.2f}")
-    ratio = best["on"] / best["off"]
-    cpu_ratio = cpu_median["on"] / cpu_median["off"]
+    ratio = best[second] / best[first]
+    cpu_ratio = cpu_median[second] / cpu_median[first]
     print(
-        f"   on / off = {ratio:5.3f} (best epochs, wall), {median['on'] / median['off']:5.3f} (median wall), "
-        f"{cpu_ratio:5.3f} (median CPU)   "
-        + verdict(True, *loads["on"], *loads["off"]).replace("PASS", "context")
+        f"   {second} / {first} = {ratio:5.3f} (best epochs, wall), {median[second] / median[first]:5.3f} "
+        f"(median wall), {cpu_ratio:5.3f} (median CPU)   "
+        + verdict(True, *loads[second], *loads[first]).replace("PASS", "context")
     )
     return {
         "epoch_seconds": runs,
         "epoch_cpu_seconds": cpu,
         "ratio_best": ratio,
-        "ratio_median": median["on"] / median["off"],
+        "ratio_median": median[second] / median[first],
         "ratio_cpu_median": cpu_ratio,
         "clean": not any(busy(p) for ps in loads.values() for p in ps),
     }
+
+
+def bench_determinism(args: argparse.Namespace) -> dict:
+    print(
+        f"\n== 5. op determinism: default CNN via fit_loop, {args.det_n} images, batch {BATCH}, "
+        f"{args.det_epochs} epochs per child, {args.repeat} children per mode (alternated); best steady epoch"
+    )
+    return compare_children("op determinism", *child_epochs(args, {"off": ("off", {}), "on": ("on", {})}))
+
+
+def bench_isa(args: argparse.Namespace) -> dict:
+    """train.cpu_isa: the stages cap oneDNN at AVX2 (same bytes on every x86-64 CPU since 2013) vs
+    oneDNN's own pick for this CPU (native); both with op determinism, as `train` runs."""
+    print(
+        f"\n== 7. CPU numerics pinned (ONEDNN_MAX_CPU_ISA=AVX2, the default train.cpu_isa) vs native: "
+        f"default CNN, {args.det_n} images, {args.det_epochs} epochs per child, {args.repeat} children each"
+    )
+    variants = {"native": ("on", {}), "AVX2": ("on", {"ONEDNN_MAX_CPU_ISA": "AVX2"})}
+    return compare_children("oneDNN ISA", *child_epochs(args, variants))
 
 
 # --------------------------------------------------------------------------- 6. architectures
@@ -819,6 +849,8 @@ def main(argv: list[str] | None = None) -> int:
             results["augment"] = checks["augment"] = bench_augment(x, args)
         elif name == "determinism":
             results["determinism"] = bench_determinism(args)
+        elif name == "isa":
+            results["isa"] = bench_isa(args)
         else:
             results["architectures"] = bench_architectures(x[: args.arch_n], y[: args.arch_n], args)
         sections[name] = time.perf_counter() - t0
