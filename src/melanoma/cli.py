@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args, get_type_hints
 
-from melanoma.config import MODEL_NAMES, IngestParams, Params, load_params
+from melanoma.config import MODEL_NAMES, IngestParams, Params, TrainParams, load_params
 from melanoma.errors import MelanomaError
 
 log = logging.getLogger("melanoma")
@@ -39,11 +40,6 @@ def _quiet_third_parties() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-# oneDNN's ISA levels, lowest first (its ONEDNN_MAX_CPU_ISA names): a cap never raises what the
-# environment already caps lower (a machine or a user that cannot run more).
-ISA_ORDER = ("SSE41", "AVX", "AVX2", "AVX512_CORE")
-
-
 def pin_numerics(cpu_isa: str, threads: int) -> None:
     """Set the CPU numerics every TensorFlow stage runs with, before TensorFlow is imported.
 
@@ -55,8 +51,11 @@ def pin_numerics(cpu_isa: str, threads: int) -> None:
     if "tensorflow" in sys.modules:  # too late to change oneDNN's ISA in this process
         log.warning("numerics: TensorFlow is already loaded; train.cpu_isa/threads may not apply")
     if cpu_isa != "native":
+        # oneDNN's levels as train.cpu_isa lists them, lowest first: the cap never raises what the
+        # environment already caps lower (a machine or a user that cannot run more).
+        levels = [i for i in get_args(get_type_hints(TrainParams)["cpu_isa"]) if i != "native"]
         given = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-        if given in ISA_ORDER and ISA_ORDER.index(given) < ISA_ORDER.index(cpu_isa):
+        if given in levels and levels.index(given) < levels.index(cpu_isa):
             log.warning("numerics: ONEDNN_MAX_CPU_ISA=%s is below train.cpu_isa=%s: kept, and the trained "
                         "bytes will differ from a %s run", given, cpu_isa, cpu_isa)  # fmt: skip
         else:

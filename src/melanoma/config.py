@@ -313,6 +313,7 @@ class TrainParams:
     # The CPU instruction set oneDNN may use (its ONEDNN_MAX_CPU_ISA), set by every stage: kernels
     # differ by ISA and so do their float sums, so a cap every x86-64 CPU of the last decade has
     # (AVX2) makes the trained bytes the same on all of them; "native" lets oneDNN pick (faster).
+    # The levels are listed lowest first: cli.pin_numerics reads their order from here.
     cpu_isa: Literal["native", "SSE41", "AVX", "AVX2", "AVX512_CORE"] = "AVX2"
     # TensorFlow's intra-op threads: its work split (and float sums) follows the count; 0 = every core
     threads: Int = Field(default=0, ge=0)

@@ -13,7 +13,6 @@ An in-memory array (tests, small sets) is indexed directly, with the same interf
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +64,6 @@ class ImageRows:
     @property
     def ndim(self) -> int:
         return self._array.ndim
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the rows would take in memory (what ``np.asarray`` would allocate)."""
-        return len(self.rows) * self._row_bytes
 
     @property
     def _row_bytes(self) -> int:
@@ -137,11 +131,6 @@ class ImageRows:
 
     def _empty(self, n: int = 0) -> np.ndarray:
         return np.empty((n, *self._array.shape[1:]), dtype=self._array.dtype)
-
-    def batches(self, size: int) -> Iterator[np.ndarray]:
-        """Consecutive batches of at most ``size`` images, in ``rows`` order."""
-        for i in range(0, len(self.rows), size):
-            yield self.read(self.rows[i : i + size])
 
 
 def open_rows(path: Path, rows: np.ndarray | None = None) -> ImageRows:
