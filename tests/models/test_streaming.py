@@ -129,3 +129,40 @@ def test_an_epoch_holds_a_few_batches_not_the_split(tmp_path: Path) -> None:
     assert grew < 0.1 * data_mib, (
         f"4x the images grew the feature pass's peak by {grew:.0f} MiB: {quarter} {whole}"
     )
+
+
+class RecordingRows:
+    """An image array that records how many rows each read asked for."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images, self.reads = images, []
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        part = self.images[key]
+        self.reads.append(len(part))
+        return part
+
+
+def test_inference_converts_one_batch_at_a_time(split) -> None:  # noqa: ANN001
+    # Eager inference holds a whole batch's activations: the batch, not N, must bound it.
+    import keras
+
+    from melanoma.models.deep import loop
+
+    _, images, _, _ = split
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    model = keras.Model(
+        inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    )
+    rows = RecordingRows(images)
+    p = loop.predict_batches(model, rows)
+    assert p.shape == (len(images),) and p.dtype == np.float32
+    assert max(rows.reads) <= loop.PREDICT_BATCH and sum(rows.reads) == len(images)
+    whole = np.asarray(model(images.astype(np.float32), training=False)).reshape(-1)
+    np.testing.assert_allclose(p, whole, rtol=1e-5, atol=1e-6)
+    assert loop.forward_batches(model, images[:0]).shape == (0, 1)

@@ -22,7 +22,13 @@ import tensorflow as tf
 from melanoma.config import TransferParams
 from melanoma.errors import DataError
 from melanoma.models.deep.layers import Preprocess
-from melanoma.models.deep.loop import KerasClassifier, LoopSettings, fit_loop, seed_everything
+from melanoma.models.deep.loop import (
+    KerasClassifier,
+    LoopSettings,
+    fit_loop,
+    forward_batches,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +122,9 @@ def feature_extractor(backbone: keras.Model, preprocess: str, size: int) -> kera
     return keras.Model(inputs, feats, name="features")
 
 
-def compute_features(extractor: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+def compute_features(extractor: keras.Model, images: np.ndarray) -> np.ndarray:
     """One forward pass over ``images``: the cache the frozen phase trains on."""
-    out = []
-    for i in range(0, len(images), batch):
-        x = tf.convert_to_tensor(np.asarray(images[i : i + batch]), dtype=tf.float32)
-        out.append(np.asarray(extractor(x, training=False)))
-    return np.concatenate(out) if out else np.zeros((0, extractor.output_shape[-1]), np.float32)
+    return forward_batches(extractor, images)
 
 
 def build_head(f_train: np.ndarray, params: TransferParams) -> keras.Model:
