@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from melanoma.report import fmt
+from melanoma.report import fmt, summary
 from melanoma.report.inputs import ModelResult, Study
 
 SAMPLES, BALANCE = "samples.png", "class_balance.png"
@@ -425,7 +425,8 @@ def champion_section(registry: dict[str, Any]) -> list[str]:
 
 def render_readme(study: Study, *, min_n: int, min_melanoma: int) -> str:
     """The whole README.md text."""
-    lines = _intro(study) + [""] + _data(study) + ["", "## Models", ""]
+    table = summary.summary_table(study, champion_name(study.registry))
+    lines = _intro(study) + ["", summary.HEADING, "", table, ""] + _data(study) + ["", "## Models", ""]
     for m in study.models:
         lines += model_section(m)
     lines += _results(study, min_n, min_melanoma)
