@@ -151,10 +151,10 @@ def test_an_external_set_that_is_all_training_data_is_refused(tmp_path: Path, tr
 @pytest.mark.parametrize(
     ("external", "message"),
     [
-        ({"source": "folder"}, "'external.folder.path' must be set"),
+        ({"source": "folder"}, "external.folder.path: must be set"),
         ({"source": "folder", "folder": {"path": "no/such/folder"}}, "external.folder.path no/such/folder: folder not found"),
-        ({"source": "challenge"}, "'external.challenge.ground_truth' must be set"),
-        ({"source": "synthetic", "synthetic": {"n_images": 0}}, "'external.synthetic.n_images' must be an integer >= 1"),
+        ({"source": "challenge"}, "external.challenge.ground_truth: must be set"),
+        ({"source": "synthetic", "synthetic": {"n_images": 0}}, "external.synthetic.n_images: must be >= 1 (got 0)"),
     ],
 )  # fmt: skip
 def test_bad_external_config_fails_clearly_and_writes_nothing(

@@ -224,7 +224,7 @@ def test_margin_two_picks_the_previous_scale_except_where_it_fell_short_of_2x() 
 
 
 def test_a_bad_margin_is_refused_by_params_and_by_the_library() -> None:
-    with pytest.raises(ConfigError, match=r"'prepare\.draft_margin' must be a number between 1"):
+    with pytest.raises(ConfigError, match=r"prepare\.draft_margin: must be >= 1 \(got 0\.5\)"):
         params_from_dict({"prepare": {"draft_margin": 0.5}})
     data = encode(half_image(), quality=90)
     with pytest.raises(ValueError, match="draft_margin must be >= 1.0"):  # not an ImageDecodeError

@@ -290,5 +290,5 @@ def test_bad_params_stop_the_pipeline_before_any_work(tmp_path: Path) -> None:
         [str(BIN / "melanoma"), "ingest"], cwd=repo, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert "'prepare.image_size' must be an integer" in proc.stderr and "got str 'large'" in proc.stderr
+    assert "prepare.image_size: must be an integer (got 'large')" in proc.stderr
     assert not (repo / "data").exists()

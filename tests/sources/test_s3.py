@@ -43,8 +43,8 @@ def test_parse_bucket_url(url: str, expected: BucketAddress) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://example.com/bucket", "scheme 'http' not allowed"),
-        ("ftp://127.0.0.1/bucket", "not an http"),
+        ("http://example.com/bucket", r"must use https \(plain http only on loopback"),
+        ("ftp://127.0.0.1/bucket", r"must be an http\(s\) URL"),
         ("https://example.com", "name the bucket"),
         ("https://example.com/a/b", "name the bucket"),
         ("https://example.com/../x", "name the bucket"),

@@ -40,6 +40,7 @@ from botocore.session import Session
 
 from melanoma import atomic
 from melanoma.errors import DataError
+from melanoma.urls import url_problem
 
 DEFAULT_REGION = "us-east-1"  # the ISIC bucket's region; S3-compatible servers accept any
 USER_AGENT_EXTRA = "melanoma-pipeline (challenge importer)"
@@ -50,7 +51,6 @@ _AWS_VHOST_RE = re.compile(
 )
 # https://s3[.<region>].amazonaws.com/<bucket> (path style)
 _AWS_PATH_RE = re.compile(r"^s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ConnectionClosedError,
                 EndpointConnectionError)  # fmt: skip
 
@@ -70,14 +70,11 @@ def parse_bucket_url(url: str) -> BucketAddress:
 
     Plain http is accepted only on loopback (a local S3-compatible server); DataError otherwise.
     """
-    parts = urlsplit(url.strip())
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("https", "http") or not host:
-        raise DataError(f"ingest.challenge.bucket_url {url!r}: not an http(s) URL of a bucket")
-    if parts.scheme == "http" and host not in _LOOPBACK:
-        raise DataError(
-            f"ingest.challenge.bucket_url {url!r}: scheme 'http' not allowed (https only, except on loopback)"
-        )
+    url = url.strip()
+    if why := url_problem(url):
+        raise DataError(f"ingest.challenge.bucket_url {url!r}: {why}")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
     path = parts.path.strip("/")
     netloc = parts.netloc.replace(":", "_")
     if (m := _AWS_VHOST_RE.match(host)) and not path:

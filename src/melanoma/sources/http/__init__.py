@@ -30,16 +30,7 @@ from melanoma.sources.http.download import (
     download_to,
     partial_files,
 )
-from melanoma.sources.http.request import (
-    LOOPBACK_HOSTS,
-    HttpError,
-    UrlCheck,
-    UrlGuard,
-    get,
-    is_loopback_http,
-    make_session,
-    server_message,
-)
+from melanoma.sources.http.request import HttpError, UrlCheck, UrlGuard, get, make_session, server_message
 from melanoma.sources.http.retry import (
     RETRY_STATUSES,
     Cancelled,
@@ -48,6 +39,7 @@ from melanoma.sources.http.retry import (
     TallyRetry,
     retry_reason,
 )
+from melanoma.urls import LOOPBACK_HOSTS, is_loopback_http  # the one URL rule, for the sources' use
 
 __all__ = [
     "DISK_FULL_ERRNOS", "LOOPBACK_HOSTS", "PARTIAL_SUFFIX", "RETRYABLE_ERRORS", "RETRY_STATUSES",

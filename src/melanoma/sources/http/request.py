@@ -20,10 +20,10 @@ from urllib3.util.retry import Retry
 
 from melanoma.errors import DataError
 from melanoma.sources.http.retry import RetryPolicy
+from melanoma.urls import is_loopback_http
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 UrlCheck = Callable[[str], "str | None"]
 
 
@@ -31,7 +31,7 @@ UrlCheck = Callable[[str], "str | None"]
 class UrlGuard:
     """Decides whether a URL may be fetched: https on an exact host match, nothing else.
 
-    ``allow_loopback_http`` additionally admits http(s) to 127.0.0.1 / localhost / ::1 - meant for
+    ``allow_loopback_http`` additionally admits http(s) on loopback (``melanoma.urls``) - meant for
     local test servers only (callers enable it when their own API base URL is loopback http).
     """
 
@@ -51,7 +51,7 @@ class UrlGuard:
             return f"malformed URL {url!r}"
         if not host:
             return f"URL without a host: {url!r}"
-        if self.allow_loopback_http and host in LOOPBACK_HOSTS and parts.scheme in ("http", "https"):
+        if self.allow_loopback_http and is_loopback_http(url):
             return None
         if parts.scheme != "https":
             return f"scheme {parts.scheme!r} not allowed (https only): {url}"
@@ -61,15 +61,6 @@ class UrlGuard:
 
     def __call__(self, url: str) -> str | None:
         return self.check(url)
-
-
-def is_loopback_http(url: str) -> bool:
-    """True for http(s) URLs on this machine (the only place plain http is acceptable)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and parts.hostname in LOOPBACK_HOSTS
 
 
 def make_session(
