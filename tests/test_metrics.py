@@ -5,6 +5,7 @@ import pytest
 from sklearn.metrics import auc, roc_curve
 
 from melanoma.metrics import (
+    brier,
     choose_threshold,
     confusion_at,
     expected_calibration_error,
@@ -12,6 +13,7 @@ from melanoma.metrics import (
     partial_auc_above_tpr,
     pauc_80,
     rates,
+    reliability,
     safe_auc,
     sens_at_spec,
     spec_at_sens,
@@ -53,6 +55,29 @@ def test_ece_on_a_hand_worked_case() -> None:
     assert expected_calibration_error(y, p, bins=10) == pytest.approx(0.19)
     # five bins of width 0.2: [0.05, 0.15, 0.15] -> |0.1167 - 1/3| * 3/5; [0.85, 0.95] -> 0.1 * 2/5
     assert expected_calibration_error(y, p, bins=5) == pytest.approx(0.6 * (1 / 3 - 0.35 / 3) + 0.4 * 0.1)
+
+
+def test_ece_is_the_count_weighted_gap_of_the_reliability_table() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random(200) ** 2
+    y = (rng.random(200) < p).astype(int)
+    rows = reliability(y, p, 10)
+    assert sum(r["n"] for r in rows) == 200 and all(r["n"] > 0 for r in rows)  # empty bins left out
+    gap = sum(r["n"] / 200 * abs(r["predicted"] - r["observed"]) for r in rows)
+    assert expected_calibration_error(y, p, 10) == pytest.approx(gap, abs=1e-12)
+
+
+def test_a_probability_on_an_inner_bin_edge_falls_in_the_lower_bin() -> None:
+    # scikit-learn's calibration_curve rule (searchsorted); 0.0 and 1.0 stay in the end bins
+    rows = reliability(np.array([0, 1, 0, 1]), np.array([0.0, 0.2, 0.5, 1.0]), 10)
+    assert [(r["bin"], r["n"]) for r in rows] == [(0, 1), (1, 1), (4, 1), (9, 1)]
+
+
+def test_brier_is_the_mean_squared_error() -> None:
+    y = np.array([0, 1, 1, 0])
+    p = np.array([0.1, 0.9, 0.8, 0.3], dtype=np.float32)
+    assert brier(y, p) == pytest.approx(np.mean((p.astype(np.float64) - y) ** 2), abs=1e-15)
+    assert brier(np.zeros(3, int), np.array([0.1, 0.5, 0.9])) == pytest.approx((0.01 + 0.25 + 0.81) / 3)
 
 
 def test_ece_zero_for_calibrated_and_large_for_overconfident() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray, target_sensitivity: float | None = None) -> float:
@@ -70,40 +71,32 @@ def sens_at_spec(y_true: np.ndarray, prob: np.ndarray, specificity: float) -> fl
     return float(tpr[ok].max()) if ok.any() else float("nan")
 
 
+def reliability(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Per non-empty bin: mean predicted probability vs observed melanoma rate (a reliability diagram).
+
+    ``bins`` equal-width bins of scikit-learn's ``calibration_curve`` (strategy "uniform"): a
+    probability exactly on an inner edge falls in the lower bin. ``n`` is the bin's image count.
+    """
+    observed, predicted = calibration_curve(y_true, prob, n_bins=bins, strategy="uniform")
+    # calibration_curve drops empty bins and returns no counts: count with its own edge rule
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], prob), minlength=bins)
+    return [
+        {"bin": int(b), "predicted": float(p), "observed": float(o), "n": int(counts[b])}
+        for b, p, o in zip(np.flatnonzero(counts), predicted, observed, strict=True)
+    ]
+
+
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
-    """ECE over equal-width probability bins."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            ece += sel.mean() * abs(prob[sel].mean() - y_true[sel].mean())
-    return float(ece)
+    """ECE: the count-weighted mean gap between predicted and observed over ``reliability``'s bins."""
+    rows = reliability(y_true, prob, bins)
+    total = sum(r["n"] for r in rows)
+    return float(sum(r["n"] / total * abs(r["predicted"] - r["observed"]) for r in rows))
 
 
 def brier(y_true: np.ndarray, prob: np.ndarray) -> float:
     """Brier score: the mean squared error of the probabilities (0 is perfect)."""
-    return float(np.mean((np.asarray(prob, dtype=np.float64) - y_true) ** 2))
-
-
-def reliability(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    """Per-bin mean predicted probability vs observed melanoma rate (a reliability diagram)."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
-    out = []
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            out.append(
-                {
-                    "bin": b,
-                    "predicted": float(prob[sel].mean()),
-                    "observed": float(y_true[sel].mean()),
-                    "n": int(sel.sum()),
-                }
-            )
-    return out
+    # float64: scikit-learn computes in the probabilities' dtype
+    return float(brier_score_loss(y_true, np.asarray(prob, dtype=np.float64)))
 
 
 def safe_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
