@@ -49,6 +49,10 @@ def test_ages_parse_and_bad_ones_name_the_place() -> None:
     for bad in ("fifty", "-3", "400", True):
         with pytest.raises(ValueError, match=r"age_approx row 2: age"):
             parse_age(bad, "age_approx row 2")
+    # ISIC's rounding to 5 years (round half to even, as Python rounds), checked before rounding
+    assert [parse_age(v, round_to=5) for v in ("42", "42.5", "43", "77.0", "118")] == [40, 40, 45, 75, 120]
+    with pytest.raises(ValueError, match="age '121'"):
+        parse_age("121", round_to=5)
 
 
 def test_encoder_one_hot_with_missing_indicator_in_fixed_order() -> None:

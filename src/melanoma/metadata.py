@@ -42,8 +42,13 @@ def normalise_category(value: Any) -> str:
     return "" if text in MISSING_TOKENS else text
 
 
-def parse_age(value: Any, where: str = "") -> float:
-    """Age in years as a float, NaN when missing; ValueError naming ``where`` when not a plausible age."""
+def parse_age(value: Any, where: str = "", round_to: int = 0) -> float:
+    """Age in years as a float, NaN when missing; ValueError naming ``where`` when not a plausible age.
+
+    The one age rule of the project: the sources read CSV cells with it, training and the app
+    encode with it. ``round_to`` rounds to a multiple of that many years (ISIC publishes ages
+    rounded to 5, so a source's exact ``age`` column is rounded the same way).
+    """
     if value is None or isinstance(value, bool):
         return math.nan if value is None else _bad_age(value, where)
     if isinstance(value, int | float | np.integer | np.floating):
@@ -60,6 +65,8 @@ def parse_age(value: Any, where: str = "") -> float:
             return _bad_age(value, where)
     if not math.isfinite(age) or not 0 <= age <= MAX_AGE:
         return _bad_age(value, where)
+    if round_to:
+        age = float(round_to * round(age / round_to))
     return age
 
 

@@ -369,7 +369,7 @@ def test_challenge_download_ground_truth_zip_and_selection(tmp_path: Path) -> No
         import_challenge(
             tmp_path / "raw", ChallengeParams(download=True, bucket_url="http://127.0.0.1:9", prefix="")
         )
-    with pytest.raises(DataError, match="not in the allowed hosts|scheme 'http' not allowed"):
+    with pytest.raises(DataError, match=r"allowed hosts|must use https \(plain http"):
         import_challenge(
             tmp_path / "raw", ChallengeParams(download=True, bucket_url="http://example.com", prefix="x/")
         )

@@ -1,4 +1,4 @@
-"""sources/common.py: ids, vocabularies, the CSV row loop, parsing, scanning, id assignment, licences."""
+"""sources/common/: ids, vocabularies, the CSV row loop, parsing, scanning, id assignment, licences."""
 
 from __future__ import annotations
 
@@ -9,27 +9,25 @@ import pytest
 from source_helpers import put, tiny_jpeg
 
 from melanoma.errors import DataError
-from melanoma.sources import common
 from melanoma.sources.challenge.formats import CLASS_CODES
-from melanoma.sources.common import (
-    CLASS_FOLDERS,
-    ImportItem,
-    assign_ids,
-    csv_rows,
-    hash_items,
-    isic_id_from_name,
-    label_fields,
+from melanoma.sources.common.ids import assign_ids, isic_id_from_name
+from melanoma.sources.common.items import ImportItem
+from melanoma.sources.common.licenses import (
+    CC_LICENSES,
     license_text,
     license_texts_for,
-    normalise_class,
-    parse_age,
-    parse_flag,
-    read_csv_table,
-    report_counts,
     safe_license_id,
-    scan_images,
+)
+from melanoma.sources.common.scan import hash_items, scan_images
+from melanoma.sources.common.table import age_cell, csv_rows, parse_flag, read_csv_table
+from melanoma.sources.common.vocabulary import (
+    CLASS_FOLDERS,
+    UNKNOWN_CLASS,
+    label_fields,
+    normalise_class,
     site_general,
 )
+from melanoma.sources.common.write import report_counts
 
 
 def test_isic_ids_and_class_names() -> None:
@@ -51,7 +49,7 @@ def test_isic_ids_and_class_names() -> None:
 def test_one_class_vocabulary() -> None:
     """The challenge's one-hot codes are the folder vocabulary's entries (plus UNK), not a copy."""
     for code, entry in CLASS_CODES.items():
-        assert entry == (CLASS_FOLDERS[code] if code != "unk" else common.UNKNOWN_CLASS)
+        assert entry == (CLASS_FOLDERS[code] if code != "unk" else UNKNOWN_CLASS)
 
 
 def test_parse_flag_and_age() -> None:
@@ -59,11 +57,13 @@ def test_parse_flag_and_age() -> None:
     for bad in ("2", "0.5", "maybe", ""):
         with pytest.raises(ValueError, match="not 0 or 1"):
             parse_flag(bad)
-    assert parse_age("") is None and parse_age("42") == 42 and parse_age("42", 5) == 40
-    assert parse_age("43.5") == 43.5 and parse_age("77.0", round_to=5) == 75
-    for bad in ("old", "-1", "121", "nan", "inf"):
-        with pytest.raises(ValueError, match="age"):
-            parse_age(bad)
+    # metadata.parse_age's rule, written as metadata.csv wants it: None if missing, int if whole
+    assert age_cell("") is None and age_cell("unknown") is None and age_cell("nan") is None
+    assert age_cell("42") == 42 and isinstance(age_cell("42"), int) and age_cell("42", 5) == 40
+    assert age_cell("43.5") == 43.5 and age_cell("77.0", round_to=5) == 75 and age_cell("42.5", 5) == 40
+    for bad in ("old", "-1", "121", "inf"):
+        with pytest.raises(ValueError, match=rf"^age '{bad}' is not a number of years between 0 and 120"):
+            age_cell(bad)
 
 
 def test_read_csv_table_and_row_loop(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_hash_and_assign_ids(tmp_path: Path) -> None:
 
 
 def test_licences(tmp_path: Path) -> None:
-    name, url = common.CC_LICENSES["CC-BY"]
+    name, url = CC_LICENSES["CC-BY"]
     assert license_text("CC-BY", "src") == (
         f"CC-BY: {name}\n{url}\n\nThe images (src) are released under the licence named above.\n"
     )

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image, ImageFilter
 
 from melanoma.config import SyntheticParams
-from melanoma.contracts import FIRST_COLUMNS
-from melanoma.sources.common import ANATOM_SITES_1, CC_LICENSES
+from melanoma.raw_layout import FIRST_COLUMNS
+from melanoma.sources.common.licenses import CC_LICENSES
+from melanoma.sources.common.vocabulary import ANATOM_SITES_1
 from melanoma.sources.synthetic import MELANOMA_DX2, generate_synthetic, license_texts
 from melanoma.sources.synthetic.plan import plan_sample
 

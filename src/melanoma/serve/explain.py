@@ -20,9 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import rgb_to_hsv
 from PIL import Image
 
-from melanoma.features import rgb_to_hsv, shape_features
+from melanoma.features import shape_features
 from melanoma.images import resize_array
 
 DISPLAY = 256  # pixels per side of the explanation image

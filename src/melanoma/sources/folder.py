@@ -6,7 +6,7 @@ Where each image's label comes from
   ``IMAGE_COLUMNS`` present (a stem, a file name or a relative path); label columns of any ISIC
   era are kept as they are (``diagnosis_1..5``, ``benign_malignant``, ``diagnosis``), and
   ``target`` / ``melanoma`` (0/1; ``seborrheic_keratosis`` as in 2017) and ``label`` / ``class`` /
-  ``dx`` (the class vocabulary ``common.CLASS_FOLDERS``) are translated into them. Other columns
+  ``dx`` (the class vocabulary ``common.vocabulary.CLASS_FOLDERS``) are translated into them. Other columns
   are copied.
 * otherwise a class folder: the nearest folder above the image whose name is in
   ``CLASS_FOLDERS`` (case-insensitive; ``_``, ``-`` and spaces are the same) gives the label;
@@ -20,7 +20,7 @@ malignant study did) and any named non-melanoma diagnosis the negative class.
 
 Ids: a file (or CSV value, or sidecar name) called ``ISIC_\\d{7}`` (any case, optional
 ``_downsampled``) keeps that id; every other image gets one from the reserved range
-``ISIC_9000000..`` in sorted path order (``common.assign_ids``), ``id_assigned`` True, and
+``ISIC_9000000..`` in sorted path order (``common.ids.assign_ids``), ``id_assigned`` True, and
 ``source_path`` names the original file.
 
 Licence: a ``LICENSE``/``LICENCE`` file at the folder root naming CC0, CC BY or CC BY-NC gives
@@ -31,7 +31,7 @@ when the filesystem allows it, else copied. Exact duplicate files are kept (prep
 and listed in the report.
 
 A little over ~400 lines: three ways to label an image (metadata CSV, class folders, ISIC
-sidecars), each with its own short parser; the shared machinery is in ``common.py``.
+sidecars), each with its own short parser; the shared machinery is in ``sources/common/``.
 """
 
 from __future__ import annotations
@@ -46,31 +46,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from melanoma.config import FolderParams
-from melanoma.contracts import IMAGE_SUFFIXES, write_raw_metadata
 from melanoma.errors import DataError
 from melanoma.labels import LABEL_COLUMNS
-from melanoma.sources.common import (
-    CLASS_FOLDERS,
-    CUSTOM_LICENSE,
-    UNKNOWN_LICENSE,
-    Failure,
-    ImportItem,
-    assign_ids,
-    csv_rows,
-    first_column,
-    hash_items,
-    isic_id_from_name,
-    label_fields,
-    license_texts_for,
-    normalise_class,
-    parse_age,
-    parse_flag,
-    read_csv_table,
-    report_counts,
-    scan_images,
-    site_general,
-    write_items,
-)
+from melanoma.raw_layout import IMAGE_SUFFIXES, write_raw_metadata
+from melanoma.sources.common.ids import assign_ids, isic_id_from_name
+from melanoma.sources.common.items import Failure, ImportItem
+from melanoma.sources.common.licenses import CUSTOM_LICENSE, UNKNOWN_LICENSE, license_texts_for
+from melanoma.sources.common.scan import hash_items, scan_images
+from melanoma.sources.common.table import age_cell, csv_rows, first_column, parse_flag, read_csv_table
+from melanoma.sources.common.vocabulary import CLASS_FOLDERS, label_fields, normalise_class, site_general
+from melanoma.sources.common.write import report_counts, write_items
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +240,7 @@ def csv_row_fields(header: list[str], cells: list[str], image_col: int) -> dict[
             out["patient_id"] = raw
         elif low in ("age", "age_approx"):
             # ISIC publishes ages rounded to 5 years; a raw "age" column is rounded the same way.
-            out["age_approx"] = parse_age(raw, 5 if low == "age" else 0)
+            out["age_approx"] = age_cell(raw, 5 if low == "age" else 0)
         elif low in _SITE_COLUMNS:
             if site := site_general(raw):
                 out["anatom_site_general"] = site

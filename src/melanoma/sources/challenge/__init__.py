@@ -15,7 +15,7 @@ ham10000   ``lesion_id,image_id,dx,dx_type,age,sex,localization[,dataset]``
 
 Each row becomes one raw metadata record: ``isic_id``, the legacy lower-case ``diagnosis`` and/or
 ``benign_malignant`` that ``melanoma.labels`` understands (class codes from the shared vocabulary
-``common.CLASS_FOLDERS``), and ``patient_id`` / ``lesion_id`` / ``age_approx`` / ``sex`` /
+``common.vocabulary.CLASS_FOLDERS``), and ``patient_id`` / ``lesion_id`` / ``age_approx`` / ``sex`` /
 ``anatom_site_general`` where the format has them (HAM10000: age rounded to 5 years, ``dx_type``
 as ``diagnosis_confirm_type``, localization mapped to ISIC's general sites). An optional
 ``metadata_csv`` (2019/2020 style ``image,age_approx,anatom_site_general,lesion_id,sex``) fills
@@ -44,24 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from melanoma.config import ChallengeParams
-from melanoma.contracts import write_raw_metadata
 from melanoma.errors import DataError
+from melanoma.raw_layout import write_raw_metadata
 from melanoma.sources.challenge.formats import FORMATS, read_ground_truth
-from melanoma.sources.common import (
-    Failure,
-    ImportItem,
-    csv_rows,
-    first_column,
-    hash_items,
-    isic_id_from_name,
-    license_texts_for,
-    parse_age,
-    read_csv_table,
-    report_counts,
-    scan_images,
-    site_general,
-    write_items,
-)
+from melanoma.sources.common.ids import isic_id_from_name
+from melanoma.sources.common.items import Failure, ImportItem
+from melanoma.sources.common.licenses import license_texts_for
+from melanoma.sources.common.scan import hash_items, scan_images
+from melanoma.sources.common.table import age_cell, csv_rows, first_column, read_csv_table
+from melanoma.sources.common.vocabulary import site_general
+from melanoma.sources.common.write import report_counts, write_items
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +77,7 @@ def _meta_fields(lower: list[str], cells: list[str], image_col: int) -> dict[str
         if key in ("patient", "patient_id"):
             fields["patient_id"] = value
         elif key in ("age_approx", "age"):
-            fields["age_approx"] = parse_age(value, 5 if key == "age" else 0)
+            fields["age_approx"] = age_cell(value, 5 if key == "age" else 0)
         elif key in ("anatom_site_general", "anatom_site_general_challenge", "localization"):
             if site := site_general(value):
                 fields["anatom_site_general"] = site

@@ -42,10 +42,12 @@ from typing import Any
 
 from melanoma import atomic
 from melanoma.config import ChallengeParams
-from melanoma.contracts import IMAGE_SUFFIXES
 from melanoma.errors import DataError
 from melanoma.progress import Progress
-from melanoma.sources.common import DATASET_SPLITS, Failure, isic_id_from_name
+from melanoma.raw_layout import IMAGE_SUFFIXES
+from melanoma.sources.common.ids import isic_id_from_name
+from melanoma.sources.common.items import Failure
+from melanoma.sources.common.vocabulary import DATASET_SPLITS
 from melanoma.sources.s3 import (
     BucketAddress,
     S3Object,

@@ -1,7 +1,7 @@
 """The ISIC challenge ground-truth formats: detection, validation and the parser of one row of each.
 
 The formats (see shared reference isic_api.md §8) are listed in ``melanoma.sources.challenge``.
-Class codes come from the shared vocabulary ``common.CLASS_FOLDERS``.
+Class codes come from the shared vocabulary ``common.vocabulary.CLASS_FOLDERS``.
 """
 
 from __future__ import annotations
@@ -12,18 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from melanoma.errors import DataError
-from melanoma.sources.common import (
-    CLASS_FOLDERS,
-    UNKNOWN_CLASS,
-    Failure,
-    csv_rows,
-    isic_id_from_name,
-    label_fields,
-    parse_age,
-    parse_flag,
-    read_csv_table,
-    site_general,
-)
+from melanoma.sources.common.ids import isic_id_from_name
+from melanoma.sources.common.items import Failure
+from melanoma.sources.common.table import age_cell, csv_rows, parse_flag, read_csv_table
+from melanoma.sources.common.vocabulary import CLASS_FOLDERS, UNKNOWN_CLASS, label_fields, site_general
 
 # One-hot column codes (and HAM10000 dx values) -> the shared class vocabulary.
 CLASS_CODES = {c: CLASS_FOLDERS[c] for c in ("mel", "nv", "bcc", "scc", "akiec", "ak", "bkl", "df", "vasc")}
@@ -182,7 +174,7 @@ def _row_2019(row: Row) -> tuple[str, dict[str, Any]]:
 def _row_2020(row: Row) -> tuple[str, dict[str, Any]]:
     fields: dict[str, Any] = {key: row[key] for key in ("patient_id", "lesion_id", "sex") if row.get(key)}
     if row.get("age_approx"):
-        fields["age_approx"] = parse_age(row["age_approx"])
+        fields["age_approx"] = age_cell(row["age_approx"])
     if site := site_general(row.get("anatom_site_general_challenge", "")):
         fields["anatom_site_general"] = site
     if row.get("diagnosis"):
@@ -207,7 +199,7 @@ def _row_ham10000(row: Row) -> tuple[str, dict[str, Any]]:
     if row.get("dx_type"):
         fields["diagnosis_confirm_type"] = HAM_DX_TYPE.get(row["dx_type"].casefold(), row["dx_type"])
     if row.get("age"):
-        fields["age_approx"] = parse_age(row["age"], round_to=5)
+        fields["age_approx"] = age_cell(row["age"], round_to=5)
     if row.get("sex", "").casefold() in ("male", "female"):
         fields["sex"] = row["sex"].casefold()
     if site := site_general(row.get("localization", "")):

@@ -2,7 +2,7 @@
 
 The sample exists so that every later stage (cleaning, resizing, the scikit-learn baseline, the CNN)
 does real work and gets honest, imperfect results without a download. It writes exactly what
-``isic image download`` writes (``melanoma.contracts``)::
+``isic image download`` writes (``melanoma.raw_layout``)::
 
     raw_dir/images/ISIC_xxxxxxx.jpg, metadata.csv, attribution.txt, licenses/<lic>.txt,
     ingest_report.json
@@ -30,9 +30,9 @@ from typing import Any
 
 from melanoma import atomic
 from melanoma.config import SyntheticParams
-from melanoma.contracts import IMAGES_DIR, write_raw_metadata
 from melanoma.progress import Progress
-from melanoma.sources.common import CC_LICENSES
+from melanoma.raw_layout import IMAGES_DIR, write_raw_metadata
+from melanoma.sources.common.licenses import CC_LICENSES
 from melanoma.sources.synthetic.plan import MELANOMA_DX2, Plan, plan_sample
 from melanoma.sources.synthetic.render import render_image, write_image
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from melanoma.config import SyntheticParams
-from melanoma.sources.common import ANATOM_SITES_1
+from melanoma.sources.common.vocabulary import ANATOM_SITES_1
 from melanoma.sources.synthetic.lesion import Lesion, choice, outline_max, plan_lesion
 
 COMMON_WIDTHS = (600, 640, 1024, 1280, 1504, 2048)
