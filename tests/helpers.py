@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from melanoma.contracts import write_raw_metadata
+from melanoma.raw_layout import write_raw_metadata
 
 LICENSES = {"CC-0": "CC0 1.0 (test)", "CC-BY": "CC BY 4.0 (test)"}
 

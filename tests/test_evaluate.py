@@ -12,7 +12,7 @@ import pytest
 
 from helpers import LICENSES, make_raw, prepared_and_split
 from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
-from melanoma.contracts import write_external, write_raw_metadata
+from melanoma.contracts import write_external
 from melanoma.errors import DataError
 from melanoma.evaluate import (
     age_band,
@@ -24,6 +24,7 @@ from melanoma.evaluate import (
 )
 from melanoma.external import finish_external
 from melanoma.prepare import prepare
+from melanoma.raw_layout import write_raw_metadata
 from melanoma.tracking import Tracking
 from melanoma.train import train_model
 

@@ -10,9 +10,10 @@ import pytest
 
 from helpers import LICENSES, make_raw
 from melanoma.config import PrepareParams
-from melanoma.contracts import load_prepared, write_raw_metadata
+from melanoma.contracts import load_prepared
 from melanoma.errors import DataError
 from melanoma.prepare import prepare
+from melanoma.raw_layout import write_raw_metadata
 
 PARAMS = PrepareParams(image_size=32, workers=2)
 
@@ -134,15 +135,15 @@ def test_a_second_run_writes_byte_identical_files(raw_dir: Path, tmp_path: Path)
 
 def test_the_raw_layouts_small_files_travel_with_the_prepared_set(raw_dir: Path, tmp_path: Path) -> None:
     # The report reads them from data/prepared: a box that pulled only data/prepared has them.
-    from melanoma import contracts
+    from melanoma import raw_layout
 
     prepare(raw_dir, tmp_path / "p", PARAMS)
-    prov = tmp_path / "p" / contracts.PROVENANCE_DIR
+    prov = tmp_path / "p" / raw_layout.PROVENANCE_DIR
     for name in ("ingest_report.json", "attribution.txt"):
         assert (prov / name).read_bytes() == (raw_dir / name).read_bytes()
-    assert contracts.read_license_texts(prov) == contracts.read_license_texts(raw_dir)
-    counts, cc_by = contracts.read_licence_summary(prov)
-    meta = contracts.read_metadata(raw_dir)  # every row, kept or dropped
+    assert raw_layout.read_license_texts(prov) == raw_layout.read_license_texts(raw_dir)
+    counts, cc_by = raw_layout.read_licence_summary(prov)
+    meta = raw_layout.read_metadata(raw_dir)  # every row, kept or dropped
     assert counts == meta["copyright_license"].replace("", "unknown").value_counts().to_dict()
     assert sum(counts.values()) == len(meta)
 

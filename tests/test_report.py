@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from melanoma import atomic, contracts
+from melanoma import atomic, contracts, raw_layout
 from melanoma.errors import DataError
 from melanoma.report import ReportPaths, write_report
 
@@ -33,7 +33,7 @@ def _raw(root: Path) -> None:
     ]
     texts = {"CC-0": "CC0 (test)", "CC-BY": "CC BY 4.0 (test)", "CC-BY-NC": "CC BY-NC 4.0 (test)"}
     report = {"source": "synthetic", "n_images": 12, "counts": {"copyright_license": {"CC-0": 6, "CC-BY": 3}}}
-    contracts.write_raw_metadata(root / "data/raw", records, texts, report)
+    raw_layout.write_raw_metadata(root / "data/raw", records, texts, report)
 
 
 def _prepared_and_splits(root: Path) -> None:
@@ -53,7 +53,7 @@ def _prepared_and_splits(root: Path) -> None:
             "n_unlabeled": 2, "n_manipulated": 1, "n_missing_image": 0, "n_corrupt": 3, "n_duplicates": 1,
             "n_orphan_images": 0}  # fmt: skip
     contracts.write_prepared(root / "data/prepared", images, index, prep)
-    contracts.write_provenance(root / "data/raw", root / "data/prepared")  # as prepare does
+    raw_layout.write_provenance(root / "data/raw", root / "data/prepared")  # as prepare does
     part = {"train": [0, 1, 2, 3, 4, 5], "val": [6, 7], "test": [8, 9]}
     frames = {k: index.iloc[v] for k, v in part.items()}
 

@@ -21,13 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma.contracts import (
-    load_prepared,
-    read_metadata,
-    read_prepare_report,
-    write_external,
-)
+from melanoma.contracts import load_prepared, read_prepare_report, write_external
 from melanoma.errors import DataError
+from melanoma.raw_layout import read_metadata
 
 log = logging.getLogger(__name__)
 

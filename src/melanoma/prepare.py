@@ -20,18 +20,12 @@ from PIL import Image
 
 from melanoma import atomic
 from melanoma.config import PrepareParams
-from melanoma.contracts import (
-    IMAGES_DIR,
-    index_image_files,
-    prepared_appender,
-    read_metadata,
-    write_prepared,
-    write_provenance,
-)
+from melanoma.contracts import prepared_appender, write_prepared
 from melanoma.errors import DataError
 from melanoma.images import ImageDecodeError, load_resized
 from melanoma.labels import BENIGN, MELANOMA, derive_labels
 from melanoma.progress import Progress
+from melanoma.raw_layout import IMAGES_DIR, index_image_files, read_metadata, write_provenance
 
 log = logging.getLogger(__name__)
 

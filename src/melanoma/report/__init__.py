@@ -1,7 +1,7 @@
 """The ``report`` stage: reports/README.md, reports/model_card.md and reports/figures/*.png.
 
-Everything is regenerated from the pipeline's files (read only through ``melanoma.contracts``),
-and the same inputs give the same bytes, so DVC sees no change on a rerun.
+Everything is regenerated from the pipeline's files (read only through ``melanoma.contracts`` and
+``melanoma.raw_layout``), and the same inputs give the same bytes, so DVC sees no change on a rerun.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from melanoma import contracts
+from melanoma import contracts, raw_layout
 from melanoma.errors import DataError
 
 
@@ -32,7 +32,7 @@ class ReportPaths:
         """The pipeline's layout (dvc.yaml) below a repository root."""
         root = Path(root)
         return cls(
-            provenance_dir=root / "data/prepared" / contracts.PROVENANCE_DIR,
+            provenance_dir=root / "data/prepared" / raw_layout.PROVENANCE_DIR,
             prepared_dir=root / "data/prepared",
             splits_dir=root / "data/splits",
             models_dir=root / "models",
@@ -111,11 +111,11 @@ def load_study(paths: ReportPaths, model_names: Sequence[str]) -> Study:
     if not model_names:
         raise DataError("report: no models given")
     images, index = contracts.load_prepared(paths.prepared_dir)
-    counts, cc_by = contracts.read_licence_summary(paths.provenance_dir)
+    counts, cc_by = raw_layout.read_licence_summary(paths.provenance_dir)
     return Study(
-        ingest=contracts.read_ingest_report(paths.provenance_dir),
-        attributions=contracts.read_attribution(paths.provenance_dir),
-        licence_texts=contracts.read_license_texts(paths.provenance_dir),
+        ingest=raw_layout.read_ingest_report(paths.provenance_dir),
+        attributions=raw_layout.read_attribution(paths.provenance_dir),
+        licence_texts=raw_layout.read_license_texts(paths.provenance_dir),
         licence_counts=counts,
         cc_by_attributions=cc_by,
         images=images,

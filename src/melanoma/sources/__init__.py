@@ -1,1 +1,1 @@
-"""Data sources, peers of each other: each writes the raw layout of ``melanoma.contracts``."""
+"""Data sources, peers of each other: each writes the raw layout of ``melanoma.raw_layout``."""

@@ -1,6 +1,6 @@
 """``ingest.source: isic``: download images and metadata from the ISIC Archive API v2.
 
-Writes the raw layout of ``melanoma.contracts`` (as ``isic image download`` does): ``images/``,
+Writes the raw layout of ``melanoma.raw_layout`` (as ``isic image download`` does): ``images/``,
 ``metadata.csv``, ``attribution.txt``, ``licenses/``, ``ingest_report.json``. The package:
 
 * ``client``  - the API: search and pagination, collections, licence files (isic_api.md §2-§4);
@@ -32,9 +32,9 @@ from typing import Any
 
 from melanoma import atomic
 from melanoma.config import IsicParams
-from melanoma.contracts import IMAGES_DIR, INGEST_REPORT, LICENSES_DIR, METADATA_CSV, write_raw_metadata
 from melanoma.errors import DataError
 from melanoma.progress import DEFAULT_INTERVAL, Progress
+from melanoma.raw_layout import IMAGES_DIR, INGEST_REPORT, LICENSES_DIR, METADATA_CSV, write_raw_metadata
 from melanoma.sources import http
 from melanoma.sources.isic.client import IsicApi, Preflight, collections_param, validate_query
 from melanoma.sources.isic.download import (

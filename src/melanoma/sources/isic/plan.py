@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from melanoma.contracts import IMAGE_SUFFIXES, ISIC_ID_RE
+from melanoma.raw_layout import IMAGE_SUFFIXES, ISIC_ID_RE
 
 DEFAULT_SUFFIX = ".jpg"  # isic-cli's default when a file URL has no suffix
 LICENSE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # becomes licenses/<lic>.txt
