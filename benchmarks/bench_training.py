@@ -85,9 +85,9 @@ from melanoma.config import AugmentParams, BaselineParams, CnnParams, TrainParam
 from melanoma.image_rows import open_rows  # noqa: E402
 from melanoma.models.baseline import fit_baseline  # noqa: E402
 from melanoma.models.cnn import build_cnn  # noqa: E402
+from melanoma.models.deep.classifier import KerasClassifier  # noqa: E402
 from melanoma.models.deep.data import augment_batch, class_weights, make_dataset  # noqa: E402
 from melanoma.models.deep.loop import (  # noqa: E402
-    KerasClassifier,
     LoopSettings,
     compile_for,
     fit_loop,

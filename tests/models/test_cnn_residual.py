@@ -15,7 +15,8 @@ from helpers import lesion_image
 from melanoma.config import AugmentParams, CnnParams, TrainParams
 from melanoma.metrics import safe_auc
 from melanoma.models.cnn import build_cnn, fit_cnn
-from melanoma.models.deep.loop import KerasClassifier, LoopSettings
+from melanoma.models.deep.classifier import KerasClassifier
+from melanoma.models.deep.loop import LoopSettings
 from melanoma.serve.explain import grad_cam_explainer
 
 SIZE = 24

@@ -15,8 +15,9 @@ from melanoma.config import AugmentParams, CnnParams, TrainParams, TransferParam
 from melanoma.errors import DataError
 from melanoma.metrics import safe_auc
 from melanoma.models.cnn import build_cnn, fit_cnn
+from melanoma.models.deep.classifier import KerasClassifier
 from melanoma.models.deep.data import augment_batch, class_weights, make_dataset
-from melanoma.models.deep.loop import KerasClassifier, LoopSettings
+from melanoma.models.deep.loop import LoopSettings
 from melanoma.models.transfer import build_backbone, fit_transfer, resolve_weights
 
 SIZE = 32

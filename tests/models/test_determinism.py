@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import pytest
 
-from melanoma.models.deep.loop import KERAS_FILE, ZIP_EPOCH, KerasClassifier, reproducible_keras_zip
+from melanoma.models.deep.classifier import KERAS_FILE, ZIP_EPOCH, KerasClassifier, reproducible_keras_zip
 
 FAMILIES = ("baseline", "cnn", "transfer", "cnn_residual")
 

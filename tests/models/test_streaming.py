@@ -150,7 +150,7 @@ def test_inference_converts_one_batch_at_a_time(split) -> None:  # noqa: ANN001
     # Eager inference holds a whole batch's activations: the batch, not N, must bound it.
     import keras
 
-    from melanoma.models.deep import loop
+    from melanoma.models.deep import classifier
 
     _, images, _, _ = split
     keras.utils.set_random_seed(0)
@@ -160,9 +160,9 @@ def test_inference_converts_one_batch_at_a_time(split) -> None:  # noqa: ANN001
         inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
     )
     rows = RecordingRows(images)
-    p = loop.predict_batches(model, rows)
+    p = classifier.predict_batches(model, rows)
     assert p.shape == (len(images),) and p.dtype == np.float32
-    assert max(rows.reads) <= loop.PREDICT_BATCH and sum(rows.reads) == len(images)
+    assert max(rows.reads) <= classifier.PREDICT_BATCH and sum(rows.reads) == len(images)
     whole = np.asarray(model(images.astype(np.float32), training=False)).reshape(-1)
     np.testing.assert_allclose(p, whole, rtol=1e-5, atol=1e-6)
-    assert loop.forward_batches(model, images[:0]).shape == (0, 1)
+    assert classifier.forward_batches(model, images[:0]).shape == (0, 1)

@@ -11,7 +11,7 @@ import pytest
 
 from melanoma.contracts import write_model_json
 from melanoma.models import load_model
-from melanoma.models.deep.loop import KerasClassifier
+from melanoma.models.deep.classifier import KerasClassifier
 from melanoma.models.tta import N_VIEWS, TTAClassifier, dihedral_views
 
 SIZE = 8

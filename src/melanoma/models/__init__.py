@@ -88,7 +88,7 @@ def _load_family(model_dir: Path, info: dict[str, Any]) -> ImageClassifier:
 
         return BaselineModel.load(Path(model_dir))
     if family == "keras":
-        from melanoma.models.deep.loop import KerasClassifier
+        from melanoma.models.deep.classifier import KerasClassifier
 
         return KerasClassifier.load(Path(model_dir), int(info["image_size"]), str(info.get("fit", "crop")))
     if family == "ensemble":

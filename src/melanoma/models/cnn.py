@@ -18,8 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from melanoma.config import CnnParams
+from melanoma.models.deep.classifier import KerasClassifier
 from melanoma.models.deep.layers import Preprocess
-from melanoma.models.deep.loop import KerasClassifier, LoopSettings, fit_loop, seed_everything
+from melanoma.models.deep.loop import LoopSettings, fit_loop, seed_everything
 
 ARCHITECTURES = ("plain", "residual")
 

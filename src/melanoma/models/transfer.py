@@ -21,14 +21,9 @@ import tensorflow as tf
 
 from melanoma.config import TransferParams
 from melanoma.errors import DataError
+from melanoma.models.deep.classifier import KerasClassifier, forward_batches
 from melanoma.models.deep.layers import Preprocess
-from melanoma.models.deep.loop import (
-    KerasClassifier,
-    LoopSettings,
-    fit_loop,
-    forward_batches,
-    seed_everything,
-)
+from melanoma.models.deep.loop import LoopSettings, fit_loop, seed_everything
 
 log = logging.getLogger(__name__)
 

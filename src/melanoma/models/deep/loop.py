@@ -1,6 +1,7 @@
-"""What the deep models share: the saved-model wrapper, distribution strategies, and ONE fit loop
-contract (``LoopSettings``): early stopping on validation AUC with the best epoch restored, LR
-schedule, class balance, augmentation, seeds, per-epoch logging.
+"""How the deep models train: distribution strategies, seeds, and ONE fit loop contract
+(``LoopSettings``): early stopping on validation AUC with the best epoch restored, LR schedule,
+class balance, augmentation, per-epoch logging. The trained model's wrapper, inference and saved
+file are ``classifier``'s.
 
 Every fit path (the CNN, the transfer head on cached features, fine-tuning, and the custom loop
 used under MultiWorkerMirroredStrategy) takes a ``LoopSettings`` and applies
@@ -14,44 +15,31 @@ used under MultiWorkerMirroredStrategy) takes a ``LoopSettings`` and applies
 Each epoch's row carries what the loop actually fed the loss: ``seen_pos``/``seen_neg`` (samples of
 each class) and ``weight_pos``/``weight_neg`` (their summed loss weights).
 
-Over ~400 lines on purpose: the Keras fit() path and the custom distributed loop implement the same
-contract and stay side by side, so that a change to one is seen next to the other.
+The Keras fit() path and the custom distributed loop implement the same contract and stay side by
+side here, so that a change to one is seen next to the other.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import logging
 import math
-import tempfile
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from melanoma import atomic
 from melanoma.config import AugmentParams, TrainParams
 from melanoma.errors import ConfigError
+from melanoma.models.deep.classifier import predict_batches
 from melanoma.models.deep.data import BALANCE_MODES, class_weights, make_dataset
-from melanoma.models.deep.layers import ClassTally, SoftAUC  # also registers the custom layers for loading
+from melanoma.models.deep.layers import ClassTally, SoftAUC
 
 log = logging.getLogger(__name__)
-KERAS_FILE = "model.keras"
-# Eager inference keeps every layer's activations of a batch alive at once: measured on the CNN at
-# 100 px, a batch of 128 raised peak RSS by 960 MB, 32 by 260 MB (probabilities bit-identical,
-# ~1.3x the seconds), so 32 keeps training's post-fit TTA and evaluate under training's own peak.
-PREDICT_BATCH = 32
 SCHEDULES = ("cosine", "plateau", "constant")
-# The fixed time stamp of every entry of a saved .keras zip: the earliest a zip can hold.
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 TALLIES = ("seen_pos", "seen_neg", "weight_pos", "weight_neg")
 
 
@@ -129,92 +117,6 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-
-
-@dataclass
-class KerasClassifier:
-    """A Keras model mapping float pixels in [0, 255] (N, S, S, 3) to P(melanoma)."""
-
-    model: keras.Model
-    image_size: int
-    fit: str = "crop"
-    family: str = field(default="keras", init=False)
-
-    def predict_proba(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float32 (N,)."""
-        return predict_batches(self.model, images)
-
-    def save(self, out_dir: Path) -> None:
-        """Write ``model.keras``, byte-reproducibly (see ``reproducible_keras_zip``)."""
-        with tempfile.TemporaryDirectory(prefix="melanoma-save-") as tmp:
-            raw = Path(tmp) / KERAS_FILE
-            self.model.save(raw)
-            atomic.write_bytes(Path(out_dir) / KERAS_FILE, reproducible_keras_zip(raw.read_bytes()))
-
-    @staticmethod
-    def load(model_dir: Path, image_size: int, fit: str) -> KerasClassifier:
-        """Read ``model.keras`` (safe mode: no arbitrary code)."""
-        model = keras.saving.load_model(Path(model_dir) / KERAS_FILE, compile=False)
-        return KerasClassifier(model=model, image_size=image_size, fit=fit)
-
-
-def forward_batches(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """``model``'s outputs (inference mode) for uint8 (N, S, S, 3) images, an array or ``ImageRows``,
-    ``PREDICT_BATCH`` images at a time: only one batch is ever converted to floats."""
-    out = []
-    for i in range(0, len(images), PREDICT_BATCH):
-        batch = tf.convert_to_tensor(np.asarray(images[i : i + PREDICT_BATCH]), dtype=tf.float32)
-        out.append(np.asarray(model(batch, training=False), dtype=np.float32))
-    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), np.float32)
-
-
-def predict_batches(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """P(melanoma) float32 (N,) from a one-output model (``forward_batches``)."""
-    return forward_batches(model, images).reshape(-1)
-
-
-def reproducible_keras_zip(data: bytes) -> bytes:
-    """A ``.keras`` archive rewritten without what changes from save to save.
-
-    Keras stamps ``metadata.json`` with ``date_saved``, gives zip entries the time of writing and
-    marks objects shared between layers (the dtype policy, a regularizer) in ``config.json`` with
-    their memory address (``shared_object_id``), which changes from process to process: those are
-    renumbered 1, 2, ... in order of appearance, which keeps which layers share what. The weights
-    are already stable (h5py writes no object times by default). Entries keep their order, names
-    and compression; ``load_model`` reads the result as before.
-    """
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            body = src.read(info.filename)
-            if info.filename == "metadata.json":
-                meta = json.loads(body)
-                meta.pop("date_saved", None)
-                body = json.dumps(meta, sort_keys=True).encode()
-            elif info.filename == "config.json":
-                body = json.dumps(_renumber_shared_objects(json.loads(body))).encode()
-            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
-            entry.compress_type = info.compress_type
-            entry.external_attr = 0o644 << 16
-            entry.create_system = 3  # unix, whatever the host
-            dst.writestr(entry, body)
-    return out.getvalue()
-
-
-def _renumber_shared_objects(config: Any, ids: dict[int, int] | None = None) -> Any:
-    """``config`` with every ``shared_object_id`` replaced by its rank of first appearance."""
-    ids = {} if ids is None else ids
-    if isinstance(config, dict):
-        out = {}
-        for key, value in config.items():
-            if key == "shared_object_id" and isinstance(value, int):
-                out[key] = ids.setdefault(value, len(ids) + 1)
-            else:
-                out[key] = _renumber_shared_objects(value, ids)
-        return out
-    if isinstance(config, list):
-        return [_renumber_shared_objects(v, ids) for v in config]
-    return config
 
 
 def make_strategy(name: str, devices: tuple[str, ...] = ()) -> tf.distribute.Strategy:
