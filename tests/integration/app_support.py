@@ -1,4 +1,4 @@
-"""Helpers for the app tests: tiny trained models in a registry, `melanoma serve` in a subprocess, uploads.
+"""Helpers for the app tests: the tiny pipeline's registry, `melanoma serve` in a subprocess, uploads.
 
 A uniquely named module (not a conftest: tests/sources/conftest.py already shadows that name).
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import subprocess
 import sys
@@ -21,83 +20,35 @@ import requests
 import yaml
 from PIL import Image
 
-from helpers import jpeg_bytes, lesion_image, prepared_and_split
+from helpers import jpeg_bytes, lesion_image
 from integration.conftest import free_port, stop_process, wait_http
+from integration.tiny_pipeline import REGISTERED_MODEL, TinyPipeline
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = "melanoma-app-test"
+MODEL = REGISTERED_MODEL
 
 
 @dataclass
 class Registry:
-    """A sqlite MLflow store holding v1 = baseline and v2 = tiny CNN of ``MODEL``."""
+    """The registry that the project's own ``register`` stage wrote in the shared tiny pipeline run
+    (integration/tiny_pipeline.py): two versions, each a model register chose and tagged."""
 
     uri: str
-    versions: dict[str, str]  # model name -> registry version
+    versions: dict[str, str]  # model name -> registry version, as register's decisions recorded them
+    champion: str  # the model name behind the champion alias register left
+    other: str  # the other registered model (the load test moves the alias to it and back)
+    pipeline: TinyPipeline
 
 
-def tiny_params():  # noqa: ANN201 - melanoma.config.Params
-    from melanoma.config import (
-        BaselineParams,
-        CnnParams,
-        EvaluateParams,
-        Params,
-        PrepareParams,
-        SplitParams,
-        TrainParams,
-    )
-
-    return Params(
-        prepare=PrepareParams(image_size=32, workers=1),
-        split=SplitParams(test_fraction=0.25, val_fraction=0.25),
-        baseline=BaselineParams(candidates=("logistic_regression",)),
-        cnn=CnnParams(filters=(8, 16), convs_per_block=1, dense=16),
-        train=TrainParams(epochs=2, batch_size=16, early_stopping_start=10),
-        evaluate=EvaluateParams(bootstrap=0),
-    )
-
-
-def build_registry(root: Path) -> Registry:
-    """Train the baseline and a tiny CNN on tiny data; register both; champion = the CNN."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from melanoma.tracking import Tracking
-    from melanoma.train import train_model
-
-    params = tiny_params()
-    prepared_and_split(root, params, n=48, pos_every=3)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    tracking = Tracking(uri=uri, experiment="app-test", artifact_location=(root / "mlartifacts").as_uri())
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_registered_model(MODEL)
-    versions = {}
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        for i, name in enumerate(("baseline", "cnn")):
-            info = train_model(
-                name, root / "prepared", root / "splits", root / "models" / name, params, tracking
-            )
-            tags = {
-                "model_name": name,
-                "model_family": info["family"],
-                "threshold": json.dumps(info["threshold"]),
-                "test_roc_auc": json.dumps(0.8 + 0.05 * i),  # made-up scores: the app shows, never judges
-                "test_sensitivity": json.dumps(0.9),
-                **{f"data.{k}": v for k, v in info["data"].items()},
-            }
-            mv = mlflow.register_model(f"runs:/{info['mlflow']['run_id']}/model", MODEL, tags=tags)
-            versions[name] = str(mv.version)
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
-    client.set_registered_model_alias(MODEL, "champion", versions["cnn"])
-    return Registry(uri, versions)
+def registry_of(pipeline: TinyPipeline) -> Registry:
+    """The app tests' view of the tiny pipeline's registry."""
+    versions = pipeline.versions()
+    (other,) = set(versions) - {pipeline.champion}
+    return Registry(pipeline.tracking_uri, versions, pipeline.champion, other, pipeline)
 
 
 def move_champion(registry: Registry, name: str) -> None:
+    """Point the champion alias at ``name``'s version, as a promotion does, under the running app."""
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri=registry.uri, registry_uri=registry.uri).set_registered_model_alias(

@@ -73,6 +73,17 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_process(proc, 15)
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str):  # noqa: ANN201
+    """One real ``dvc repro`` on tiny data (plus a second real ``melanoma register``), against the
+    session's MLflow server; shared by the app and report tests (integration/tiny_pipeline.py)."""
+    from integration.tiny_pipeline import build
+
+    pipeline = build(tmp_path_factory.mktemp("tiny-pipeline"), mlflow_server)
+    print(f"\ntiny pipeline: dvc repro + second register in {pipeline.seconds:.0f} s")
+    return pipeline
+
+
 # --- A real headless browser (Debian's chromium driven by Playwright), loopback only --------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,6 +1,9 @@
-"""The app over HTTP (issue 11): `melanoma serve` in a subprocess on 127.0.0.1 with tiny models in a sqlite
-registry (v1 baseline, v2 CNN = champion). API, bad input, fuzzing with bounded memory, a load test with the
-champion alias moved under it, and the page in a real headless Chromium."""
+"""The app over HTTP (issue 11): `melanoma serve` in a subprocess on 127.0.0.1 over the registry that the
+project's own `register` stage wrote in a real tiny pipeline run (integration/tiny_pipeline.py: two versions,
+the champion where register left it). What the app shows is checked against what register and evaluate
+wrote (the champion alias, the version's threshold, reports/metrics/<name>.json), never against numbers
+typed here. API, bad input, fuzzing with bounded memory, a load test with the champion alias moved under
+it, and the page in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -24,11 +27,11 @@ from integration.app_support import (
     MODEL,
     Registry,
     Server,
-    build_registry,
     move_champion,
     percentile_ms,
     png_bytes,
     post_image,
+    registry_of,
     sample_jpeg,
     serve,
     wait_for,
@@ -36,6 +39,7 @@ from integration.app_support import (
 
 if TYPE_CHECKING:
     from integration.conftest import LoopbackBrowser
+    from integration.tiny_pipeline import TinyPipeline
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +49,8 @@ LOAD_SECONDS = float(os.environ.get("MELANOMA_APP_LOAD_S", "10"))  # the benchma
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    return build_registry(tmp_path_factory.mktemp("app-registry"))
+def registry(tiny_pipeline: TinyPipeline) -> Registry:
+    return registry_of(tiny_pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +73,16 @@ def expected_answer(registry: Registry, name: str, data: bytes) -> tuple[float, 
     from melanoma.contracts import read_model_json
     from melanoma.images import load_resized
 
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # both: a server's registry hands out mlflow-artifacts: URIs, which only its tracking URI resolves
+    mlflow.set_tracking_uri(registry.uri)
     mlflow.set_registry_uri(registry.uri)
-    wrapper = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registry.versions[name]}").unwrap_python_model()
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{registry.versions[name]}")
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+    wrapper = pyfunc.unwrap_python_model()
     model, info = wrapper.model, read_model_json(wrapper.model_dir)
     pixels = load_resized(data, model.image_size, model.fit, info["draft"], info["draft_margin"])
     return float(model.predict_proba(pixels[None])[0]), float(info["threshold"])
@@ -80,15 +92,45 @@ def expected_probability(registry: Registry, name: str, data: bytes) -> float:
     return expected_answer(registry, name, data)[0]
 
 
+def champion_alias(registry: Registry) -> str:
+    """The version the registry's champion alias points at now (read from the server, not from a test)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=registry.uri, registry_uri=registry.uri)
+    return str(client.get_model_version_by_alias(MODEL, "champion").version)
+
+
+def explanation_of(family: str, members: list[str]) -> str:
+    """What the app explains a model with: Grad-CAM for Keras models (and ensembles with a deep member),
+    the lesion mask for the baseline."""
+    if family == "ensemble":
+        return "grad-cam" if set(members) & {"cnn", "transfer"} else "none"
+    return "grad-cam" if family == "keras" else "lesion-mask"
+
+
 def test_health_model_predict_and_batch_over_http(server: Server, registry: Registry) -> None:
+    pipeline, champ = registry.pipeline, registry.champion
+    decision = pipeline.second  # the last register run: its record names the champion it left
+    version = registry.versions[champ]
+    assert champion_alias(registry) == version == str(decision["champion_after"])
     health = requests.get(f"{server.url}/health", timeout=30).json()
-    assert health["status"] == "ok" and health["model"]["version"] == registry.versions["cnn"]
+    assert health["status"] == "ok" and health["model"]["version"] == version
 
     info = requests.get(f"{server.url}/model", timeout=30).json()
-    assert info["name"] == "cnn" and info["family"] == "keras" and info["registered_model"] == MODEL
-    assert info["test_metrics"]["roc_auc"] == pytest.approx(0.85)
-    assert set(info["data_hashes"]) >= {"images_sha256", "test_csv_sha256"}
-    assert info["explanation"] == "grad-cam" and 0 < info["threshold"] < 1
+    model_json = pipeline.model_json(champ)
+    assert (info["name"], info["registered_model"]) == (champ, MODEL)
+    assert info["family"] == model_json["family"]
+    assert info["explanation"] == explanation_of(model_json["family"], model_json.get("members", []))
+    # The version's threshold as register recorded it (model.json's, to 6 decimals) ...
+    registered = pipeline.candidate(champ)
+    assert info["threshold"] == registered["threshold"] == round(model_json["threshold"], 6)
+    # ... its test metrics as evaluate wrote them to reports/metrics/<name>.json ...
+    test = pipeline.metrics(champ)["test"]
+    assert {"roc_auc", "sensitivity", "specificity", "n", "n_melanoma"} <= set(info["test_metrics"])
+    assert info["test_metrics"] == {k: pytest.approx(test[k], abs=5e-7) for k in info["test_metrics"]}
+    assert info["test_metrics"]["roc_auc"] == registered["test_roc_auc"]
+    # ... and the data it was trained and tested on.
+    assert info["data_hashes"] == model_json["data"]
 
     image = sample_jpeg(seed=1, w=640, h=480)  # any size: the app resizes as prepare does
     multipart = post_image(server.url, image).json()
@@ -96,17 +138,14 @@ def test_health_model_predict_and_batch_over_http(server: Server, registry: Regi
         f"{server.url}/predict", data=image, headers={"Content-Type": "image/jpeg"}, timeout=30
     ).json()
     assert multipart == raw
-    assert multipart["probability"] == pytest.approx(expected_probability(registry, "cnn", image), abs=1e-5)
+    assert multipart["probability"] == pytest.approx(expected_probability(registry, champ, image), abs=1e-5)
+    assert multipart["threshold"] == registered["threshold"]
     assert multipart["melanoma"] == (multipart["probability"] >= multipart["threshold"])
-    assert multipart["label"] in ("melanoma", "not melanoma")
-    assert multipart["model"] == {
-        "name": "cnn",
-        "version": registry.versions["cnn"],
-        "registered_model": MODEL,
-    }
+    assert multipart["label"] == ("melanoma" if multipart["melanoma"] else "not melanoma")
+    assert multipart["model"] == {"name": champ, "version": version, "registered_model": MODEL}
 
     explained = post_image(server.url, image, explain="true").json()["explanation"]
-    assert explained["kind"] == "grad-cam"
+    assert explained["kind"] == info["explanation"]
     heat = Image.open(io.BytesIO(__import__("base64").b64decode(explained["image_png_b64"])))
     assert heat.format == "PNG" and heat.size == (256, 256)
 
@@ -116,7 +155,7 @@ def test_health_model_predict_and_batch_over_http(server: Server, registry: Regi
     ]
     batch = requests.post(f"{server.url}/predict/batch", files=files, timeout=60).json()
     assert [r["filename"] for r in batch["results"]] == ["0.png", "1.png", "2.png"]
-    assert batch["model"]["version"] == registry.versions["cnn"]
+    assert batch["model"]["version"] == version
 
     schema = requests.get(f"{server.url}/openapi.json", timeout=30).json()
     assert {"/predict", "/predict/batch", "/health", "/model"} <= set(schema["paths"])
@@ -148,7 +187,7 @@ def bad_uploads() -> list[tuple[str, dict, int, str]]:
         ("too many bytes", {"files": {"file": ("a.jpg", big, "image/jpeg")}}, 413, "too large"),
         ("decompression bomb", {"files": {"file": ("a.png", huge_png(), "image/png")}}, 413, "pixels"),
         ("no file field", {"files": {"other": ("a.jpg", good, "image/jpeg")}}, 400, "no file"),
-        ("broken multipart", {"data": b"--xyz\r\ngarbage", "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400, ""),
+        ("broken multipart", {"data": b"--xyz\r\ngarbage", "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}}, 400, "no file in the form"),
         ("multipart without boundary", {"data": b"x", "headers": {"Content-Type": "multipart/form-data"}}, 400, "boundary"),
         ("two files on /predict", {"files": [("file", ("a.jpg", good, "image/jpeg"))] * 2}, 400, "/predict/batch"),
     ]  # fmt: skip
@@ -157,6 +196,7 @@ def bad_uploads() -> list[tuple[str, dict, int, str]]:
 @pytest.mark.parametrize("case", bad_uploads(), ids=lambda c: c[0])
 def test_bad_input_gets_a_clear_4xx(server: Server, case: tuple[str, dict, int, str]) -> None:
     _, kwargs, status, words = case
+    assert words.strip(), "a case must name words its message has: '' is in every string"
     r = requests.post(f"{server.url}/predict", timeout=60, **kwargs)
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
@@ -224,21 +264,29 @@ def test_fuzzing_500_malformed_uploads_never_5xx_and_memory_stays_bounded(server
 
 
 def test_load_with_the_champion_moved_mid_run_fails_no_request(server: Server, registry: Registry) -> None:
-    """20 clients for LOAD_SECONDS; the alias moves to the baseline halfway; every answer is 200 and
-    its probability is exactly what the version it names gives (no request sees a half-swapped model)."""
+    """20 clients for about LOAD_SECONDS; the alias moves to the other registered version halfway; every answer
+    is 200 and its probability is exactly what the version it names gives (no request sees a half-swapped
+    model). Both versions are the real register stage's: its first decision and a second register run."""
+    champ, other = registry.champion, registry.other
     image = sample_jpeg(seed=6)
-    expected = {registry.versions[n]: expected_answer(registry, n, image) for n in ("cnn", "baseline")}
-    assert expected[registry.versions["cnn"]][1] != expected[registry.versions["baseline"]][1]
+    expected = {}
+    for name in (champ, other):
+        prob, threshold = expected_answer(registry, name, image)
+        # the app decides at the threshold register tagged the version with: model.json's, to 6 decimals
+        registered = registry.pipeline.candidate(name)["threshold"]
+        assert registered == round(threshold, 6)
+        expected[registry.versions[name]] = prob, registered
+    assert expected[registry.versions[champ]][1] != expected[registry.versions[other]][1]  # told apart
     latencies: list[float] = []
     failures: list[str] = []
     versions: list[str] = []
     mismatched: list[tuple[str, float]] = []
-    stop = time.monotonic() + LOAD_SECONDS
+    stop = threading.Event()
     lock = threading.Lock()
 
     def client() -> None:
         with requests.Session() as s:
-            while time.monotonic() < stop:
+            while not stop.is_set():
                 t0 = time.perf_counter()
                 try:
                     r = s.post(
@@ -263,43 +311,56 @@ def test_load_with_the_champion_moved_mid_run_fails_no_request(server: Server, r
                         mismatched.append((v, body["probability"], body["threshold"]))
 
     threads = [threading.Thread(target=client) for _ in range(20)]
+    started = time.monotonic()
     try:
         for t in threads:
             t.start()
         time.sleep(LOAD_SECONDS / 2)
-        move_champion(registry, "baseline")
-        for t in threads:
-            t.join()
+        move_champion(registry, other)
+        # The load goes on until the app serves the new champion (loading a Keras model on a busy machine
+        # can take longer than the baseline's), then for the other half of LOAD_SECONDS.
         swapped = wait_for(
             lambda: (
                 requests.get(f"{server.url}/health", timeout=30).json()["model"]["version"]
-                == registry.versions["baseline"]
+                == registry.versions[other]
             ),
             timeout=120,
         )
+        time.sleep(LOAD_SECONDS / 2)
+        stop.set()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        # The new champion explains with its own kind (Grad-CAM for a Keras model, the lesion mask for
+        # the baseline), so both explainers are exercised whichever model register made champion.
+        info = registry.pipeline.model_json(other)
+        explained = post_image(server.url, image, explain="true").json()
+        assert explained["model"]["version"] == registry.versions[other]
+        assert explained["explanation"]["kind"] == explanation_of(info["family"], info.get("members", []))
     finally:
-        move_champion(registry, "cnn")  # later tests expect the CNN; wait for it to be back
+        stop.set()
+        move_champion(registry, champ)  # later tests expect register's champion; wait for it to be back
         assert wait_for(
             lambda: (
                 requests.get(f"{server.url}/health", timeout=30).json()["model"]["version"]
-                == registry.versions["cnn"]
+                == registry.versions[champ]
             ),
             timeout=120,
         )
     n = len(latencies)
     print(
-        f"load: 20 clients x {LOAD_SECONDS:.0f} s: {n} requests, {n / LOAD_SECONDS:.1f} req/s, "
+        f"load: 20 clients x {elapsed:.0f} s: {n} requests, {n / elapsed:.1f} req/s, "
         f"p50 {percentile_ms(latencies, 50):.1f} ms, p99 {percentile_ms(latencies, 99):.1f} ms, "
         f"versions served {dict(Counter(versions))}"
     )
     assert not failures, failures[:5]
     assert not mismatched, mismatched[:5]
     assert swapped and n > 0
-    assert versions[0] == registry.versions["cnn"]
+    assert versions[0] == registry.versions[champ]
     # Both versions answered during the load, each with its own operating threshold (checked above).
     served = Counter(versions)
-    assert served[registry.versions["cnn"]] > 0 and served[registry.versions["baseline"]] > 0, served
-    assert versions[-1] == registry.versions["baseline"], "the new champion never took over under load"
+    assert served[registry.versions[champ]] > 0 and served[registry.versions[other]] > 0, served
+    assert versions[-1] == registry.versions[other], "the new champion never took over under load"
 
 
 def test_page_in_chromium_shows_probability_and_heat_map(
@@ -321,11 +382,13 @@ def test_page_in_chromium_shows_probability_and_heat_map(
         heat_src = page.get_attribute("#heatmap", "src") or ""
         preview_src = page.get_attribute("#preview", "src") or ""
         decision = page.inner_text("#decision")
+        caption = page.inner_text("#heatcaption")
         assert view.outside_loopback(view.requests) == [] and view.blocked == []
         assert view.console_errors == []
     assert shot.stat().st_size > 10_000
-    assert f"{MODEL} v{registry.versions['cnn']}" in text
-    assert "grad-cam" in text
+    assert f"{MODEL} v{registry.versions[registry.champion]}" in text
+    kind = requests.get(f"{server.url}/model", timeout=30).json()["explanation"]
+    assert caption.startswith(f"{kind}: "), caption  # the heat map is captioned with what made it
     assert heat_src.startswith("data:image/png;base64,") and preview_src.startswith("blob:")
     # The page shows the API's answer for the same file (to the one decimal it prints).
     api = post_image(server.url, image.read_bytes(), "image/jpeg").json()
