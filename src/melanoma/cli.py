@@ -288,14 +288,21 @@ def cmd_serve(params: Params, args: argparse.Namespace) -> None:
         holder = registry_holder(_tracking(params).uri, params.mlflow.registered_model)
         poll = params.serve.poll_seconds
     served = holder.current
-    log.info("serve: %s (%s, threshold %.4f) on http://%s:%d", served.source, served.name,
-             served.threshold, args.host, args.port)  # fmt: skip
     limits = Limits(
         max_bytes=int(params.serve.max_upload_mb * 1_000_000),
         max_pixels=params.serve.max_pixels,
         max_batch=params.serve.max_batch,
     )
-    uvicorn.run(create_app(holder, limits, poll), host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(
+        create_app(holder, limits, poll), host=args.host, port=args.port, log_level="warning"
+    )
+    sock = config.bind_socket()  # bound before the line below, which names the port (--port 0 included)
+    log.info("serve: %s (%s, threshold %.4f) on http://%s:%d", served.source, served.name,
+             served.threshold, args.host, sock.getsockname()[1])  # fmt: skip
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the app did not start (its error is logged above)
 
 
 def cmd_check(params: Params, args: argparse.Namespace) -> None:
@@ -408,14 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("MELANOMA_STACK_DIR", ".stack")),
         help="state, data and logs (default .stack, or $MELANOMA_STACK_DIR)",
     )
-    p.add_argument("--s3-port", type=int, default=int(os.environ.get("MELANOMA_S3_PORT", "8333")))
-    p.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MELANOMA_MLFLOW_PORT", "5050")))
+    free = "; 0: a free one the stack picks (up prints it; status and down read it from the state)"
+    p.add_argument("--s3-port", type=int, default=int(os.environ.get("MELANOMA_S3_PORT", "8333")),
+                   help=f"default 8333 or $MELANOMA_S3_PORT{free}")  # fmt: skip
+    p.add_argument("--mlflow-port", type=int, default=int(os.environ.get("MELANOMA_MLFLOW_PORT", "5050")),
+                   help=f"default 5050 or $MELANOMA_MLFLOW_PORT{free}")  # fmt: skip
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each server")
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("serve", help="the app: the champion (or --model-dir) in a web page and a JSON API")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0: a free one, logged as bound")
     p.add_argument(
         "--model-dir", type=Path, default=None, help="serve this model folder instead of the registry"
     )

@@ -2,9 +2,14 @@
 artifacts in an S3 bucket, for people without AWS and for the integration tests.
 
 The state folder holds everything the stack writes: ``s3/`` (SeaweedFS data), ``mlflow.db``,
-``logs/``, ``s3.json`` (the S3 identity, mode 0600) and one PID file per process. ``stop`` ends only
-processes whose PID file still matches the running process (same PID *and* start time), so a PID
-reused by the system is never signalled.
+``logs/``, ``s3.json`` (the S3 identity, mode 0600), ``ports.json`` and one PID file per process (with
+its ports). ``stop`` ends only processes whose PID file still matches the running process (same PID
+*and* start time), so a PID reused by the system is never signalled.
+
+Ports: the two a user talks to (S3, MLflow) are the user's and never changed; a taken one is an error.
+Asked for as 0, either is picked here (and kept in ``ports.json`` for the next start while free), as are
+SeaweedFS's internal ports: free when picked, but another process may bind one before the server does,
+so a server that could not bind a picked port is started again on new ones (``retry_on_taken_port``).
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 
@@ -31,15 +38,24 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"  # every port of the stack binds here: nothing is reachable from another machine
 SERVICES = ("s3", "mlflow")  # start order; stop runs in reverse
+# what a server prints when it cannot bind a port: Go and uvicorn ("address already in use"),
+# `weed mini`'s own check of its flags ("port 8333 for S3 (specified by flag s3.port) is not available")
+PORT_TAKEN = re.compile(r".*(address already in use|port \d+ for .* is not available).*", re.IGNORECASE)
+T = TypeVar("T")
 
 
 class StackError(MelanomaError):
     """The stack could not start, stop or report (a port taken, a process that died, a timeout)."""
 
 
+class PortTaken(StackError):
+    """A server could not bind a port it was given: another process took it after it was picked."""
+
+
 @dataclass(frozen=True)
 class StackConfig:
-    """Where the stack keeps its state, and the two ports a user talks to."""
+    """Where the stack keeps its state, and the two ports a user talks to (0: the stack picks a free
+    one, kept in ``ports.json`` and used again by the next start while it is free)."""
 
     root: Path
     s3_port: int = 8333
@@ -116,10 +132,13 @@ def _read_record(cfg: StackConfig, service: str) -> ProcessRecord | None:
 
 def _spawn(
     cfg: StackConfig, service: str, argv: list[str], env: Mapping[str, str], ports: dict[str, int]
-) -> None:
+) -> int:
+    """Start ``argv`` in its own session, logging to ``logs/<service>.log``; returns where in that
+    log this start's output begins."""
     logs = cfg.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{service}.log", "ab") as out:
+        offset = out.tell()
         # own session: stop signals the whole group (mlflow's uvicorn workers) and Ctrl-C in the
         # shell that ran `stack up` does not reach the servers
         proc = subprocess.Popen(
@@ -129,6 +148,7 @@ def _spawn(
     start = _start_time(proc.pid)
     rec = ProcessRecord(pid=proc.pid, start_time=start or 0, argv0=argv[0], ports=ports)
     _pid_file(cfg, service).write_text(json.dumps(asdict(rec)))
+    return offset
 
 
 def _terminate(rec: ProcessRecord, timeout: float = 20.0) -> None:
@@ -166,15 +186,58 @@ def port_free(port: int) -> bool:
     return True
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports the system says are free on 127.0.0.1 now. Another process may take one
+    before a server binds it: start servers through ``retry_on_taken_port``."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((HOST, 0))  # all held until all are picked: n distinct ports
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    """A port the system says is free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """One port free on 127.0.0.1 now (see ``free_ports``)."""
+    return free_ports(1)[0]
+
+
+def retry_on_taken_port(start: Callable[[list[int]], T], n: int, attempts: int = 4) -> T:
+    """``start(ports)`` with ``n`` ports free now; when it raises :class:`PortTaken` (another process
+    bound one between the pick and the server's own bind), again with ``n`` new ones, at most
+    ``attempts`` times. ``start`` stops what it started before it raises."""
+    tried = []
+    for _ in range(attempts):
+        ports = free_ports(n)
+        try:
+            return start(ports)
+        except PortTaken as exc:
+            tried.append(f"ports {', '.join(map(str, ports))}: {exc}")
+            log.warning("%s; starting again on other ports", tried[-1])
+    raise StackError(f"{attempts} starts, each on ports another process took first:\n  " + "\n  ".join(tried))
+
+
+def _listening(pgid: int) -> set[int]:
+    """The TCP ports processes of the process group ``pgid`` listen on (Linux /proc; our user's only)."""
+    inodes = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                f = row.split()
+                if f[3] == "0A":  # TCP_LISTEN; f[1] is address:port in hex, f[9] the socket's inode
+                    inodes[f"socket:[{f[9]}]"] = int(f[1].rsplit(":", 1)[1], 16)
+    ports = set()
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if os.getpgid(int(proc.name)) == pgid:
+                ports |= {
+                    inodes[link] for fd in (proc / "fd").iterdir() if (link := os.readlink(fd)) in inodes
+                }
+    return ports
 
 
 def _check_ports(ports: Mapping[str, int]) -> None:
-    taken = [f"{name} port {port}" for name, port in ports.items() if not port_free(port)]
+    """A clear error when a port the user asked for (not 0) is taken."""
+    taken = [f"{name} port {port}" for name, port in ports.items() if port and not port_free(port)]
     if taken:
         raise StackError(
             f"{', '.join(taken)} on {HOST} already in use: stop what listens there "
@@ -182,26 +245,72 @@ def _check_ports(ports: Mapping[str, int]) -> None:
         )
 
 
-def _wait(cfg: StackConfig, service: str, ready, what: str) -> None:
+def _wait(cfg: StackConfig, service: str, ready, what: str, port: int, offset: int) -> None:
+    """Until ``ready()`` and ``port`` is bound by the process group we started. :class:`PortTaken`
+    when the server exited saying a port was taken, or when another process answers on ``port``."""
     rec = _read_record(cfg, service)
     deadline = time.monotonic() + cfg.timeout
     while time.monotonic() < deadline:
+        if rec is not None:
+            _reap(rec.pid)  # our own child that exited stays "ours" (a zombie) until waited
         if rec is None or not _is_ours(rec):
-            tail = _log_tail(cfg, service)
+            tail = _log_tail(cfg, service, offset)
+            taken = PORT_TAKEN.search(tail)
+            if taken:
+                raise PortTaken(f"{service}: {taken.group(0).strip()}")
             raise StackError(
                 f"{service} exited before it was ready; {cfg.root / 'logs' / service}.log:\n{tail}"
             )
         with contextlib.suppress(requests.RequestException):
             if ready():
-                return
+                if port in _listening(rec.pid):
+                    return
+                raise PortTaken(f"{service}: another process answers on port {port}")
         time.sleep(0.3)
     raise StackError(f"{what} not ready after {cfg.timeout:.0f}s; see {cfg.root / 'logs' / service}.log")
 
 
-def _log_tail(cfg: StackConfig, service: str, n: int = 3000) -> str:
-    with contextlib.suppress(OSError):
-        return (cfg.root / "logs" / f"{service}.log").read_text(errors="replace")[-n:]
+def _log_tail(cfg: StackConfig, service: str, offset: int = 0, n: int = 3000) -> str:
+    """The last ``n`` characters written to the service's log after ``offset``."""
+    with contextlib.suppress(OSError), open(cfg.root / "logs" / f"{service}.log", "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")[-n:]
     return ""
+
+
+def _start(
+    cfg: StackConfig, service: str, fixed: Mapping[str, int], picked: tuple[str, ...], launch
+) -> dict[str, int]:
+    """Start ``service`` on the ports ``fixed`` (the user's: never changed) and ``picked`` (free ones,
+    picked again while another process takes one first); returns the ports it runs on.
+
+    ``launch(ports)`` gives the argv, the environment, the readiness probe and what it waits for."""
+
+    kept = [] if service in fixed else [_port(cfg, service)]  # a port picked by an earlier start
+
+    def attempt(chosen: list[int]) -> dict[str, int]:
+        ports = {**fixed, **dict(zip(picked, chosen, strict=True))}
+        if kept and (port := kept.pop()) and port_free(port):
+            ports[service] = port  # the endpoints `up` printed last time stay valid while it is free
+        argv, env, ready, what = launch(ports)
+        offset = _spawn(cfg, service, argv, env, ports)
+        try:
+            _wait(cfg, service, ready, what, ports[service], offset)
+        except PortTaken as exc:
+            stop(cfg, service)
+            lost = [p for p in fixed.values() if re.search(rf"\b{p}\b", str(exc))]
+            if lost or not picked:
+                raise StackError(
+                    f"{service} port {ports[service]} on {HOST} was taken as the server started ({exc}): "
+                    f"stop what listens there (`ss -ltnp`) or choose another port (--{service}-port)"
+                ) from exc
+            raise
+        if service not in fixed:
+            path = cfg.root / "ports.json"
+            path.write_text(json.dumps({**_kept_ports(cfg), service: ports[service]}))
+        return ports
+
+    return retry_on_taken_port(attempt, len(picked))
 
 
 def _s3_client(info: StackInfo):
@@ -260,13 +369,26 @@ def _credentials(cfg: StackConfig) -> tuple[str, str]:
         raise StackError(f"{path}: not a SeaweedFS S3 identity file ({exc})") from exc
 
 
+def _kept_ports(cfg: StackConfig) -> dict[str, int]:
+    """``ports.json``: the S3 and MLflow ports the stack picked itself (asked for as 0) when they last started."""
+    with contextlib.suppress(FileNotFoundError):
+        return json.loads((cfg.root / "ports.json").read_text())
+    return {}
+
+
+def _port(cfg: StackConfig, service: str) -> int:
+    """The port ``service`` is asked for, or for 0 the one the stack picked (0 before a first start)."""
+    asked = cfg.s3_port if service == "s3" else cfg.mlflow_port
+    return asked or _kept_ports(cfg).get(service, 0)
+
+
 def info(cfg: StackConfig) -> StackInfo:
-    """The stack's endpoints and credentials (whether or not it runs)."""
+    """The stack's endpoints and credentials (whether or not it runs; for a port 0, the one picked)."""
     cfg.root.mkdir(parents=True, exist_ok=True)
     key, secret = _credentials(cfg)
     return StackInfo(
-        s3_endpoint=f"http://{HOST}:{cfg.s3_port}",
-        tracking_uri=f"http://{HOST}:{cfg.mlflow_port}",
+        s3_endpoint=f"http://{HOST}:{_port(cfg, 's3')}",
+        tracking_uri=f"http://{HOST}:{_port(cfg, 'mlflow')}",
         dvc_bucket=cfg.dvc_bucket,
         mlflow_bucket=cfg.mlflow_bucket,
         access_key_id=key,
@@ -311,13 +433,18 @@ def start_s3(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = No
     stack = info(cfg)
     _refuse_if_running(cfg, "s3", "S3 server")
     _check_ports({"S3": cfg.s3_port})
-    internal = ("s3_grpc", "iceberg", "lance", "master", "master_grpc", "volume", "volume_grpc")
-    ports = {"s3": cfg.s3_port} | {k: free_port() for k in internal}
-    ports |= {k: free_port() for k in ("filer", "filer_grpc", "admin", "admin_grpc")}
+    weed = _find("weed", bin_dir)
     (cfg.root / "s3").mkdir(parents=True, exist_ok=True)
-    _spawn(cfg, "s3", _weed_argv(_find("weed", bin_dir), cfg, ports), env, ports)
-    _wait(cfg, "s3", lambda: _buckets_ready(stack), f"S3 at {stack.s3_endpoint}")
-    return stack
+    internal = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "admin")
+    internal += ("admin_grpc", "s3_grpc", "iceberg", "lance")
+
+    def launch(ports: dict[str, int]):  # noqa: ANN202
+        s3 = replace(stack, s3_endpoint=f"http://{HOST}:{ports['s3']}")
+        return _weed_argv(weed, cfg, ports), env, lambda: _buckets_ready(s3), f"S3 at {s3.s3_endpoint}"
+
+    fixed = {"s3": cfg.s3_port} if cfg.s3_port else {}
+    _start(cfg, "s3", fixed, internal if fixed else ("s3", *internal), launch)
+    return info(cfg)
 
 
 def start_mlflow(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = None) -> StackInfo:
@@ -325,12 +452,9 @@ def start_mlflow(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None 
     stack = info(cfg)
     _refuse_if_running(cfg, "mlflow", "MLflow server")
     _check_ports({"MLflow": cfg.mlflow_port})
-    argv = [
-        _find("mlflow", bin_dir), "server",
-        "--backend-store-uri", f"sqlite:///{cfg.root.resolve() / 'mlflow.db'}",
-        "--artifacts-destination", f"s3://{cfg.mlflow_bucket}/",
-        "--host", HOST, "--port", str(cfg.mlflow_port), "--workers", "1",
-    ]  # fmt: skip
+    if stack.s3_endpoint.endswith(":0"):
+        raise StackError(f"no S3 server runs for {cfg.root}: start it first (its port 0 is picked then)")
+    mlflow = _find("mlflow", bin_dir)
     # only the server talks to S3 (proxied artifacts): clients need the tracking URI alone
     server_env = {
         **env,
@@ -339,10 +463,21 @@ def start_mlflow(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None 
         "AWS_SECRET_ACCESS_KEY": stack.secret_access_key,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    _spawn(cfg, "mlflow", argv, server_env, {"mlflow": cfg.mlflow_port})
-    health = f"{stack.tracking_uri}/health"
-    _wait(cfg, "mlflow", lambda: requests.get(health, timeout=2).status_code == 200, f"MLflow at {health}")
-    return stack
+
+    def launch(ports: dict[str, int]):  # noqa: ANN202
+        argv = [
+            mlflow, "server",
+            "--backend-store-uri", f"sqlite:///{cfg.root.resolve() / 'mlflow.db'}",
+            "--artifacts-destination", f"s3://{cfg.mlflow_bucket}/",
+            "--host", HOST, "--port", str(ports["mlflow"]), "--workers", "1",
+        ]  # fmt: skip
+        health = f"http://{HOST}:{ports['mlflow']}/health"
+        ready = lambda: requests.get(health, timeout=2).status_code == 200  # noqa: E731
+        return argv, server_env, ready, f"MLflow at {health}"
+
+    fixed = {"mlflow": cfg.mlflow_port} if cfg.mlflow_port else {}
+    _start(cfg, "mlflow", fixed, () if fixed else ("mlflow",), launch)
+    return info(cfg)
 
 
 def up(cfg: StackConfig, env: Mapping[str, str], bin_dir: Path | None = None) -> StackInfo:

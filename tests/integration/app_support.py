@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import yaml
 from PIL import Image
 
 from helpers import jpeg_bytes, lesion_image
-from integration.conftest import free_port, stop_process, wait_http
+from integration.conftest import stop_process, wait_http
 from integration.tiny_pipeline import REGISTERED_MODEL, TinyPipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,14 +65,31 @@ class Server:
     log: Path
 
 
+# the line `melanoma serve` logs once its socket is bound, with the port it got
+BOUND = re.compile(r"serve: .* on http://127\.0\.0\.1:(\d+)\s*$", re.MULTILINE)
+
+
+def bound_port(proc: subprocess.Popen, log: Path, timeout: float) -> int:
+    """The port ``melanoma serve --port 0`` says it bound, from its ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = BOUND.search(log.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise RuntimeError(f"serve logged no bound port in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
 @contextlib.contextmanager
 def serve(root: Path, registry: Registry, serve_params: dict, timeout: float = 240) -> Iterator[Server]:
-    """`melanoma serve` on a free loopback port over ``registry``, with ``serve_params`` overriding params.yaml."""
+    """`melanoma serve --port 0` over ``registry`` (it binds a free loopback port and logs which), with
+    ``serve_params`` overriding params.yaml."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["mlflow"]["registered_model"] = MODEL
     params["serve"].update(serve_params)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": registry.uri,
@@ -78,22 +97,15 @@ def serve(root: Path, registry: Registry, serve_params: dict, timeout: float = 2
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     env.pop("DVC_ROOT", None)
-    log = root / f"serve-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "melanoma",
-        "--params",
-        str(root / "params.yaml"),
-        "serve",
-        "--port",
-        str(port),
-    ]
-    with open(log, "wb") as out:
+    cmd = [sys.executable, "-m", "melanoma", "--params", str(root / "params.yaml"), "serve", "--port", "0"]
+    fd, name = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=root)
+    log = Path(name)
+    with os.fdopen(fd, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", proc, timeout, log)
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{bound_port(proc, log, timeout)}"
+        wait_http(f"{url}/health", proc, timeout - (time.monotonic() - started), log)
         yield Server(url, proc, log)
     finally:
         stop_process(proc, 20)

@@ -1,37 +1,70 @@
-"""Real servers for integration tests, on 127.0.0.1 only: an MLflow tracking server, a headless Chromium."""
+"""Real servers for integration tests, on 127.0.0.1 only: an MLflow tracking server, a headless Chromium.
+
+Ports: a server that can bind port 0 and say which port it got is started so (``melanoma serve --port 0``,
+app_support.serve); the others (``mlflow server``, ``mlflow models serve``, TensorFlow workers) are given
+free ports through the product's ``retry_on_taken_port``: another process on a busy machine may bind a
+picked port before the server does, and the server is then started again on new ones.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import requests
 
+from melanoma.stack import PortTaken, retry_on_taken_port
+
 BIN = Path(sys.executable).parent
+# what the servers the tests start print when their port is taken: uvicorn (mlflow's servers) and
+# TensorFlow's gRPC server
+PORT_TAKEN = re.compile(r".*(address already in use|could not start grpc server).*", re.IGNORECASE)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def raise_if_port_taken(proc: subprocess.Popen, log: Path) -> None:
+    """:class:`PortTaken` when ``proc`` has exited and its ``log`` says a port was taken."""
+    if proc.poll() is not None:
+        taken = PORT_TAKEN.search(log.read_text(errors="replace"))
+        if taken:
+            raise PortTaken(f"{log.name}: {taken.group(0).strip()}")
+
+
+def listens_on(proc: subprocess.Popen, port: int) -> bool:
+    """True when ``proc`` or one of its children listens on ``port``."""
+    with contextlib.suppress(psutil.Error):
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            for p in procs
+            for c in p.net_connections(kind="inet")
+        )
+    return False
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Until ``url`` answers 200 from ``proc``'s own port. :class:`PortTaken` when the server exited
+    because its port was taken, or when another process answers there."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        raise_if_port_taken(proc, log)
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             if requests.get(url, timeout=2).status_code == 200:
-                return
+                port = urlsplit(url).port
+                if listens_on(proc, port):
+                    return
+                raise PortTaken(f"another process answers on port {port}")
         except requests.RequestException:
             pass
         time.sleep(0.5)
@@ -45,6 +78,33 @@ def stop_process(proc: subprocess.Popen, grace: float) -> None:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def http_server(
+    argv: Callable[[int], list[str]], path: str, logs: Path, timeout: float, grace: float, **popen
+) -> Iterator[str]:
+    """``argv(port)`` on a free loopback port until ``path`` answers 200; yields its base URL. Its
+    output goes to ``logs``-<port>.log; a port taken before the server bound it is retried."""
+
+    def start(ports: list[int]) -> tuple[str, subprocess.Popen]:
+        (port,) = ports
+        log = logs.with_name(f"{logs.name}-{port}.log")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv(port), stdout=out, stderr=subprocess.STDOUT, **popen)
+        try:
+            wait_http(f"http://127.0.0.1:{port}{path}", proc, timeout, log)
+        except BaseException:
+            stop_process(proc, grace)
+            raise
+        return f"http://127.0.0.1:{port}", proc
+
+    url, proc = retry_on_taken_port(start, 1)
+    try:
+        yield url
+    finally:
+        stop_process(proc, grace)
 
 
 @pytest.fixture(scope="session")
@@ -54,23 +114,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if mlflow_cli is None:
         pytest.fail("the mlflow command is not installed in this environment (pip install mlflow)")
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = root / "server.log"
     env = {**os.environ, "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [
-        mlflow_cli, "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", proc, 120, log)
+
+    def argv(port: int) -> list[str]:
+        return [
+            mlflow_cli, "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ]  # fmt: skip
+
+    with http_server(argv, "/health", root / "server", 120, 15, env=env, cwd=root) as url:
         yield url
-    finally:
-        stop_process(proc, 15)
 
 
 @pytest.fixture(scope="session")

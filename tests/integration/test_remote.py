@@ -37,7 +37,9 @@ def stack_env() -> dict[str, str]:
 
 
 def stack_config(root: Path) -> stack.StackConfig:
-    return stack.StackConfig(root=root, s3_port=stack.free_port(), mlflow_port=stack.free_port())
+    """Ports 0: the stack picks free ones (again if another process takes one first) and keeps them for
+    a restart of the same folder."""
+    return stack.StackConfig(root=root, s3_port=0, mlflow_port=0)
 
 
 def point_remote(repo: Path, env: dict[str, str], info: stack.StackInfo, secret: str | None = None) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers import make_raw
-from integration.conftest import free_port
+from integration.conftest import raise_if_port_taken
 from melanoma.config import PrepareParams, SplitParams
 from melanoma.contracts import load_prepared, write_splits
 from melanoma.prepare import prepare
 from melanoma.split import split_frame, split_report
+from melanoma.stack import retry_on_taken_port
 
 pytestmark = pytest.mark.integration
 
@@ -70,48 +72,63 @@ def test_multi_worker_with_two_local_processes(tmp_path: Path) -> None:
         "cnn": {"filters": [4, 8], "dense": 8},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    ports = [free_port(), free_port()]
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "KERAS_BACKEND": "tensorflow",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-        cmd = [
-            sys.executable, "-m", "melanoma", "--params", str(tmp_path / "params.yaml"), "train", "cnn",
-            "--prepared", str(tmp_path / "prepared"), "--splits", str(tmp_path / "splits"),
-            "--out", str(tmp_path / f"out{i}"),
-        ]  # fmt: skip
-        log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115 - closed below
-        procs.append(
-            (subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log)
-        )
-    for proc, log in procs:
+
+    def start(ports: list[int]) -> tuple[Path, list[int | None]]:
+        """Both workers on ``ports``, run to their end (their folder, their exit statuses); PortTaken
+        when one could not bind its port."""
+        run = tmp_path / f"ports-{ports[0]}-{ports[1]}"  # outputs and MLflow store of this start only
+        run.mkdir()
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        procs = []
+        for i in range(2):
+            env = {
+                **os.environ,
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{run / 'mlflow.db'}",
+                "KERAS_BACKEND": "tensorflow",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+            }
+            cmd = [
+                sys.executable, "-m", "melanoma", "--params", str(tmp_path / "params.yaml"), "train", "cnn",
+                "--prepared", str(tmp_path / "prepared"), "--splits", str(tmp_path / "splits"),
+                "--out", str(run / f"out{i}"),
+            ]  # fmt: skip
+            log = run / f"worker{i}.log"
+            with open(log, "w") as out:
+                procs.append(
+                    (subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT), log)
+                )
         try:
-            proc.wait(timeout=300)
+            deadline = time.monotonic() + 300
+            while any(proc.poll() is None for proc, _ in procs) and time.monotonic() < deadline:
+                for proc, log in procs:
+                    raise_if_port_taken(proc, log)  # the other worker would wait for it until the deadline
+                time.sleep(1)
+            for proc, log in procs:
+                raise_if_port_taken(proc, log)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-    assert [p.returncode for p, _ in procs] == [0, 0], "\n\n".join(s[-3000:] for s in logs)
-    chief = json.loads((tmp_path / "out0" / "model.json").read_text())
-    worker = json.loads((tmp_path / "out1" / "model.json").read_text())
+            for proc, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return run, [proc.returncode for proc, _ in procs]
+
+    run, codes = retry_on_taken_port(start, 2)
+    logs = [(run / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(s[-3000:] for s in logs)
+    chief = json.loads((run / "out0" / "model.json").read_text())
+    worker = json.loads((run / "out1" / "model.json").read_text())
     assert chief["n_train"] == worker["n_train"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1  # only the chief logs
     assert chief["class_balance"] == "oversample" and "class_weights" not in chief
-    (row,) = json.loads((tmp_path / "out0" / "history.json").read_text())
+    (row,) = json.loads((run / "out0" / "history.json").read_text())
     global_batch = 2 * 8  # two workers, one replica each
     drawn = -(-chief["n_train"] // global_batch) * global_batch  # ceil(n / batch) full batches
     assert row["seen_pos"] + row["seen_neg"] == drawn  # the natural stream would give n // batch
     assert (row["weight_pos"], row["weight_neg"]) == (row["seen_pos"], row["seen_neg"])  # no class weights
     # The tallies are all-reduced: every worker logs the same counts. (The weights may differ: each
     # worker keeps its own batch-norm statistics; only the chief's model is kept.)
-    (other,) = json.loads((tmp_path / "out1" / "history.json").read_text())
+    (other,) = json.loads((run / "out1" / "history.json").read_text())
     assert [other[k] for k in ("seen_pos", "seen_neg")] == [row[k] for k in ("seen_pos", "seen_neg")]

@@ -123,12 +123,11 @@ def test_mlflow_models_serve_scores_raw_images(prepared, mlflow_server: str, tmp
     """`mlflow models serve --env-manager local` on the logged pyfunc: raw uint8 images of any size in."""
     import json
     import os
-    import subprocess
     import sys
 
     import requests
 
-    from integration.conftest import free_port, stop_process, wait_http
+    from integration.conftest import http_server
 
     prep, splits, params = prepared
     info = train_model(
@@ -139,7 +138,6 @@ def test_mlflow_models_serve_scores_raw_images(prepared, mlflow_server: str, tmp
         params,
         Tracking(uri=mlflow_server, experiment="it-serve"),
     )
-    port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # mlflow execs uvicorn from PATH, as in an activated venv
     env = {
         **os.environ,
@@ -148,23 +146,18 @@ def test_mlflow_models_serve_scores_raw_images(prepared, mlflow_server: str, tmp
         "DO_NOT_TRACK": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", info["mlflow"]["model_uri"],
-        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc, 120, log)
+
+    def argv(port: int) -> list[str]:
+        return [
+            str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", info["mlflow"]["model_uri"],
+            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+
+    with http_server(argv, "/ping", tmp_path / "serve", 120, 20, env=env) as url:
         image = np.random.default_rng(0).integers(0, 255, (2, 41, 57, 3), dtype=np.uint8)
-        resp = requests.post(
-            f"http://127.0.0.1:{port}/invocations", json={"inputs": image.tolist()}, timeout=60
-        )
+        resp = requests.post(f"{url}/invocations", json={"inputs": image.tolist()}, timeout=60)
         assert resp.status_code == 200, resp.text
         served = np.asarray(json.loads(resp.text)["predictions"], dtype=np.float32)
         mlflow.set_tracking_uri(mlflow_server)
         local = mlflow.pyfunc.load_model(info["mlflow"]["model_uri"]).predict(image)
         assert served.shape == (2,) and np.allclose(served, local, atol=1e-6)
-    finally:
-        stop_process(proc, 20)
