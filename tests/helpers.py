@@ -66,6 +66,29 @@ def make_raw(raw: Path, n: int = 40, seed: int = 0, pos_every: int = 4) -> list[
     return records
 
 
+def tiny_params(test_fraction: float, val_fraction: float, bootstrap: int, **sections):  # noqa: ANN003, ANN201
+    """Params for the unit tests' tiny studies: 24 px images, one worker, a logistic-regression baseline;
+    ``sections`` (e.g. ``ensemble=EnsembleParams(...)``) are added or replace the defaults."""
+    from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
+
+    base = {
+        "prepare": PrepareParams(image_size=24, workers=1),
+        "split": SplitParams(test_fraction=test_fraction, val_fraction=val_fraction),
+        "baseline": BaselineParams(candidates=("logistic_regression",)),
+        "evaluate": EvaluateParams(bootstrap=bootstrap),
+    }
+    return Params(**(base | sections))
+
+
+def local_tracking(root: Path, experiment: str, db: str = "mlflow.db"):  # noqa: ANN201
+    """An MLflow tracking target in ``root``: a sqlite store and a local artifact folder."""
+    from melanoma.tracking import Tracking
+
+    return Tracking(
+        uri=f"sqlite:///{root / db}", experiment=experiment, artifact_location=(root / "mlartifacts").as_uri()
+    )
+
+
 def prepared_and_split(root: Path, params, n: int, pos_every: int) -> tuple[Path, Path]:  # noqa: ANN001
     """raw -> prepare -> split under ``root`` with ``params`` (a melanoma.config.Params); returns the two folders."""
     from melanoma.contracts import load_prepared, write_splits

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import LICENSES, make_raw, prepared_and_split
-from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
+from helpers import LICENSES, local_tracking, make_raw, prepared_and_split, tiny_params
+from melanoma.config import EvaluateParams
 from melanoma.contracts import write_external
 from melanoma.errors import DataError
 from melanoma.evaluate import (
@@ -28,21 +28,14 @@ from melanoma.raw_layout import write_raw_metadata
 from melanoma.tracking import Tracking
 from melanoma.train import train_model
 
-PARAMS = Params(
-    prepare=PrepareParams(image_size=24, workers=1),
-    split=SplitParams(test_fraction=0.3, val_fraction=0.3),
-    baseline=BaselineParams(candidates=("logistic_regression",)),
-    evaluate=EvaluateParams(bootstrap=30),
-)
+PARAMS = tiny_params(test_fraction=0.3, val_fraction=0.3, bootstrap=30)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Tracking]:
     root = tmp_path_factory.mktemp("evaluate")
     prepared_and_split(root, PARAMS, n=60, pos_every=3)
-    tracking = Tracking(
-        uri=f"sqlite:///{root / 'mlflow.db'}", experiment="unit-eval", artifact_location=(root / "a").as_uri()
-    )
+    tracking = local_tracking(root, "unit-eval")
     train_model("baseline", root / "prepared", root / "splits", root / "model", PARAMS, tracking)
     return root / "prepared", root / "splits", root / "model", tracking
 

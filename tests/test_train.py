@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,8 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers import prepared_and_split
-from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
+from helpers import local_tracking, prepared_and_split, tiny_params
 from melanoma.contracts import (
     MODEL_JSON,
     data_hashes,
@@ -20,12 +20,7 @@ from melanoma.errors import DataError
 from melanoma.tracking import FINGERPRINT_TAG, Tracking, find_model_run
 from melanoma.train import logged_params, train_model
 
-PARAMS = Params(
-    prepare=PrepareParams(image_size=24, workers=1),
-    split=SplitParams(test_fraction=0.25, val_fraction=0.25),
-    baseline=BaselineParams(candidates=("logistic_regression",)),
-    evaluate=EvaluateParams(bootstrap=20),
-)
+PARAMS = tiny_params(test_fraction=0.25, val_fraction=0.25, bootstrap=20)
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +28,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return prepared_and_split(tmp_path_factory.mktemp("train"), PARAMS, n=48, pos_every=3)
 
 
-def local_tracking(root: Path) -> Tracking:
-    return Tracking(
-        uri=f"sqlite:///{root / 'mlflow.db'}",
-        experiment="unit",
-        artifact_location=(root / "artifacts").as_uri(),
-        dvc_exp_name="sweep-1",
-        dvc_exp_baseline_rev="0" * 40,
+def sweep_tracking(root: Path) -> Tracking:
+    """A local store, as inside a DVC experiment (``dvc exp run`` sets the name and baseline)."""
+    return dataclasses.replace(
+        local_tracking(root, "unit"), dvc_exp_name="sweep-1", dvc_exp_baseline_rev="0" * 40
     )
 
 
 def test_model_folder_is_byte_reproducible_and_run_found_by_content(data, tmp_path: Path) -> None:
     prepared, splits = data
-    tracking = local_tracking(tmp_path)
+    tracking = sweep_tracking(tmp_path)
     first = train_model("baseline", prepared, splits, tmp_path / "a", PARAMS, tracking)
     second = train_model("baseline", prepared, splits, tmp_path / "b", PARAMS, tracking)
 
@@ -78,7 +70,7 @@ def test_model_folder_is_byte_reproducible_and_run_found_by_content(data, tmp_pa
 
 
 def test_an_unknown_fingerprint_finds_no_run(tmp_path: Path) -> None:
-    tracking = local_tracking(tmp_path)
+    tracking = sweep_tracking(tmp_path)
     assert find_model_run(tracking, "f" * 64) is None  # no experiment yet
 
 
@@ -92,7 +84,7 @@ def test_a_one_class_split_is_a_clear_error(data, tmp_path: Path) -> None:
             one_class / f"{name}.csv", index=False
         )
     with pytest.raises(DataError, match="val split has only one class"):
-        train_model("baseline", prepared, one_class, tmp_path / "m", PARAMS, local_tracking(tmp_path))
+        train_model("baseline", prepared, one_class, tmp_path / "m", PARAMS, sweep_tracking(tmp_path))
     assert not (tmp_path / "m").exists()
 
 
@@ -123,7 +115,7 @@ def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) 
     params = replace(
         PARAMS, baseline=replace(PARAMS.baseline, tta=True), calibration=CalibrationParams(method="platt")
     )
-    result = train_model("baseline", prepared, splits, tmp_path / "m", params, local_tracking(tmp_path))
+    result = train_model("baseline", prepared, splits, tmp_path / "m", params, sweep_tracking(tmp_path))
     info = json.loads((tmp_path / "m" / MODEL_JSON).read_text())
     assert info["tta"] is True and info["calibration"]["method"] == "platt"
     assert set(info["calibration"]) == {"method", "slope", "intercept"}

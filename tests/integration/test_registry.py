@@ -289,8 +289,7 @@ def test_manual_promote_needs_a_reason_and_rollback_sticks(toys: Toys) -> None:
 
 def test_real_baseline_on_sqlite_store_registers_and_is_rescored(tmp_path: Path) -> None:
     """train -> evaluate -> register the real baseline on a sqlite store; re-scored on a new split."""
-    from helpers import make_raw
-    from melanoma.config import BaselineParams, EvaluateParams, Params, PrepareParams, SplitParams
+    from helpers import local_tracking, make_raw, tiny_params
     from melanoma.contracts import data_hashes, load_prepared, load_splits, split_arrays, write_splits
     from melanoma.evaluate import evaluate_model
     from melanoma.models import load_model
@@ -298,14 +297,9 @@ def test_real_baseline_on_sqlite_store_registers_and_is_rescored(tmp_path: Path)
     from melanoma.split import split_frame, split_report
     from melanoma.train import train_model
 
-    params = Params(
-        prepare=PrepareParams(image_size=24, workers=1),
-        split=SplitParams(test_fraction=0.25, val_fraction=0.25),
-        baseline=BaselineParams(candidates=("logistic_regression",)),
-        evaluate=EvaluateParams(bootstrap=0),
-    )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking = Tracking(uri=uri, experiment=EXPERIMENT, artifact_location=(tmp_path / "mlartifacts").as_uri())
+    params = tiny_params(test_fraction=0.25, val_fraction=0.25, bootstrap=0)
+    tracking = local_tracking(tmp_path, EXPERIMENT)
+    uri = tracking.uri
     make_raw(tmp_path / "raw", n=48, pos_every=3)
     prepared = tmp_path / "prepared"
     prepare(tmp_path / "raw", prepared, params.prepare)
@@ -355,29 +349,19 @@ def test_the_ensemble_is_chosen_on_validation_like_any_other_model(tmp_path: Pat
     CNN): here a second baseline folder stands in for the cnn member, which keeps this test off
     TensorFlow and saves one logged model.
     """
-    from helpers import prepared_and_split
-    from melanoma.config import (
-        BaselineParams,
-        EnsembleParams,
-        EvaluateParams,
-        Params,
-        PrepareParams,
-        SplitParams,
-    )
+    from helpers import local_tracking, prepared_and_split, tiny_params
+    from melanoma.config import BaselineParams, EnsembleParams
     from melanoma.contracts import data_hashes, load_prepared, load_splits, split_arrays, write_model_json
     from melanoma.evaluate import evaluate_model
     from melanoma.models.baseline import fit_baseline
     from melanoma.train import train_model
 
-    params = Params(
-        prepare=PrepareParams(image_size=24, workers=1),
-        split=SplitParams(test_fraction=0.25, val_fraction=0.35),
-        baseline=BaselineParams(candidates=("logistic_regression",)),
+    params = tiny_params(
+        test_fraction=0.25, val_fraction=0.35, bootstrap=0,
         ensemble=EnsembleParams(members=("baseline", "cnn"), method="stack"),
-        evaluate=EvaluateParams(bootstrap=0),
-    )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking = Tracking(uri=uri, experiment=EXPERIMENT, artifact_location=(tmp_path / "mlartifacts").as_uri())
+    )  # fmt: skip
+    tracking = local_tracking(tmp_path, EXPERIMENT)
+    uri = tracking.uri
     prepared, splits = prepared_and_split(tmp_path, params, n=64, pos_every=3)
     images, _ = load_prepared(prepared)
     frames = load_splits(splits)
