@@ -492,7 +492,12 @@ def test_ctrl_c_during_the_first_requests_stops_at_once(server: FakeIsicServer, 
     # bound on a fast answer, so a loaded machine cannot fail it.
     params = write_params(tmp_path / "p.yaml", server, read_timeout=3600.0, retries=2)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(_cli(params, tmp_path / "raw"), cwd=tmp_path, stderr=subprocess.PIPE, env=env)
+    # A shell's background job (`pytest ... &`) starts with SIGINT ignored, and Python installs no
+    # KeyboardInterrupt handler over an inherited SIG_IGN: give the child the default, as a terminal does.
+    proc = subprocess.Popen(
+        _cli(params, tmp_path / "raw"), cwd=tmp_path, stderr=subprocess.PIPE, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while server.requests["search"] < 1 or server.requests["size"] < 1:
