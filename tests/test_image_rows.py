@@ -80,3 +80,19 @@ def test_appended_rows_make_the_file_np_save_writes(tmp_path: Path, n: int) -> N
 def test_an_image_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
     with ArrayAppender(tmp_path / "a.npy", (5, 5, 3)) as out, pytest.raises(ValueError, match=r"\(5, 5, 3\)"):
         out.append(np.zeros((4, 5, 3), np.uint8))
+
+
+def test_write_prepared_copies_a_row_subset_in_chunks_with_np_save_bytes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from melanoma import contracts
+
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, size=(50, 6, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / "all.npy", images)
+    keep = np.flatnonzero(rng.random(50) < 0.6)
+    monkeypatch.setattr(contracts, "COPY_CHUNK", 7)  # several chunks, the last one partial
+    out = tmp_path / "out"
+    out.mkdir()
+    index = pd.DataFrame({"row": np.arange(len(keep))})
+    contracts.write_prepared(out, open_rows(tmp_path / "all.npy", keep), index, {})
+    np.save(tmp_path / "expected.npy", images[keep])
+    assert (out / contracts.ARRAY_FILE).read_bytes() == (tmp_path / "expected.npy").read_bytes()

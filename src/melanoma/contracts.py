@@ -59,15 +59,26 @@ PREPARE_REPORT = "prepare_report.json"
 _ID_DTYPES = {"isic_id": str, "patient_id": str, "lesion_id": str}
 
 
+# Rows copied at a time when ``write_prepared`` is given an ``ImageRows``.
+COPY_CHUNK = 256
+
+
 def write_prepared(
-    out_dir: Path, images: np.ndarray | None, index: pd.DataFrame, report: Mapping[str, Any]
+    out_dir: Path, images: np.ndarray | ImageRows | None, index: pd.DataFrame, report: Mapping[str, Any]
 ) -> None:
     """Write images.npy, index.csv and prepare_report.json into ``out_dir`` (a fresh temp folder).
 
-    ``images`` None: images.npy is already there (written row by row with ``prepared_appender``).
+    ``images`` None: images.npy is already there (written row by row with ``prepared_appender``);
+    an ``ImageRows`` is copied ``COPY_CHUNK`` rows at a time (the same bytes as ``np.save``), so a
+    subset of a prepared array is written without a copy of it in memory.
     """
     out_dir = Path(out_dir)
-    if images is not None:
+    if isinstance(images, ImageRows):
+        with atomic.atomic_path(out_dir / ARRAY_FILE) as tmp, ArrayAppender(tmp, images.shape[1:]) as out:
+            for start in range(0, len(images), COPY_CHUNK):
+                for image in images[start : start + COPY_CHUNK]:
+                    out.append(image)
+    elif images is not None:
         with atomic.atomic_path(out_dir / ARRAY_FILE) as tmp, open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(images, dtype=np.uint8))
     n_images = len(np.load(out_dir / ARRAY_FILE, mmap_mode="r"))  # reads the header only
@@ -119,7 +130,7 @@ class ExternalSet:
 def write_external(
     out_dir: Path,
     report: Mapping[str, Any],
-    prepared: tuple[np.ndarray, pd.DataFrame, Mapping[str, Any]] | None = None,
+    prepared: tuple[np.ndarray | ImageRows, pd.DataFrame, Mapping[str, Any]] | None = None,
 ) -> None:
     """Replace ``out_dir`` with external_report.json and, for a configured set, the prepared layout.
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from melanoma.contracts import load_prepared, read_prepare_report, write_external
 from melanoma.errors import DataError
+from melanoma.image_rows import ImageRows
 from melanoma.raw_layout import read_metadata
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def finish_external(
         "dropped_in_training": dropped,
         "ingest": dict(ingest_report),
     }
-    write_external(out_dir, report, (np.asarray(images[keep]), kept, prep))
+    # the kept rows, read from the scratch array a chunk at a time: no copy of the set in memory
+    write_external(out_dir, report, (ImageRows(images, np.flatnonzero(keep)), kept, prep))
     log.info(
         "external %r: %d images (%d melanoma); %d dropped as also in the training data",
         name, counts["n"], counts["n_melanoma"], len(dropped),
