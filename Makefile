@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: install chromium run test lint format bench clean stack-up stack-down stack-status readme-results
+.PHONY: install chromium run test test-fast lint format bench clean stack-up stack-down stack-status readme-results
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
@@ -39,6 +39,10 @@ chromium:
 
 test: $(STAMP) chromium
 	$(BIN)/pytest -q
+
+# The edit-test loop: unit tests only (no training, servers or CLI subprocesses), a few minutes.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not integration"
 
 # The README's results table, copied from the committed report (tests/test_readme_results.py checks it).
 readme-results: $(STAMP)

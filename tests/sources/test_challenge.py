@@ -264,6 +264,7 @@ def bucket_2020() -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_challenge_download_extracts_safely_and_caches(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, foreign_hosts: list[str]
 ) -> None:

@@ -170,6 +170,7 @@ def test_persistent_size_mismatch_is_recorded_after_one_confirmation(
         assert ids[0] not in meta and ids[1] not in meta and ids[2] in meta
 
 
+@pytest.mark.slow
 def test_slow_responses(server: FakeIsicServer, tmp_path: Path) -> None:
     # Margins a loaded 2-core machine cannot eat: a normal answer takes milliseconds, the read
     # timeout is 1.5 s, and a slow answer never comes within it (it waits for the test to end).
@@ -378,6 +379,7 @@ def _cli(params: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "melanoma", "--params", str(params), "ingest", "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     n = 48
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -483,6 +485,7 @@ def test_files_honour_the_umask(server: FakeIsicServer, tmp_path: Path) -> None:
     assert modes and all(m == (0o750 if (tmp_path / k).is_dir() else 0o640) for k, m in modes.items()), modes
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_first_requests_stops_at_once(server: FakeIsicServer, tmp_path: Path) -> None:
     never = threading.Event()
     for route in ("search", "size"):
