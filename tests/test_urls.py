@@ -1,5 +1,6 @@
 """The one URL rule (https, or plain http only on loopback), and that every place that checks a URL
-applies it: the params schema, the bucket addresses of the challenge importer and the HTTP guard."""
+applies it: the params schema, the ISIC client, the bucket addresses of the challenge importer and the
+HTTP guard."""
 
 import re
 
@@ -8,6 +9,7 @@ import pytest
 from melanoma.config import IsicParams
 from melanoma.errors import ConfigError, DataError
 from melanoma.sources.http import UrlGuard
+from melanoma.sources.isic.client import normalise_base_url
 from melanoma.sources.s3 import parse_bucket_url
 from melanoma.urls import is_loopback_http, url_problem
 
@@ -43,9 +45,12 @@ def test_every_checker_applies_it(url: str, accepted: bool) -> None:
     if accepted:
         IsicParams(base_url=url)
         parse_bucket_url(url)
+        assert normalise_base_url(url) == url + "/"
     else:
         with pytest.raises(ConfigError, match=re.escape(f"base_url: {problem} (got {url!r})")):
             IsicParams(base_url=url)
+        with pytest.raises(ConfigError, match=re.escape(f"base_url {url!r}: {problem}")):
+            normalise_base_url(url)
         with pytest.raises(DataError, match=re.escape(f"{url!r}: {problem}")):
             parse_bucket_url(url)
     # The guard admits https only on its allowed hosts, and loopback when the caller's API is local.

@@ -20,6 +20,18 @@ from melanoma.urls import url_problem
 _LEGACY_DX_RE = re.compile(r"(?<![A-Za-z0-9_])diagnosis\s*:")
 
 
+def query_problem(query: str) -> str | None:
+    """None, or why the ISIC server would refuse ``query`` (the retired ``diagnosis:`` field, as
+    isic-cli refuses it), in words that say what to write instead."""
+    if _LEGACY_DX_RE.search(query):
+        return (
+            "uses the retired field 'diagnosis:'; the archive now uses the hierarchical "
+            'diagnosis_1 .. diagnosis_5, e.g. diagnosis_3:Melanoma* or diagnosis_2:"Malignant '
+            'melanocytic proliferations (Melanoma)"'
+        )
+    return None
+
+
 @section
 class SyntheticParams:
     """The built-in synthetic ISIC-like sample (``ingest.source: synthetic``)."""
@@ -69,12 +81,8 @@ class IsicParams:
     @field_validator("query")
     @classmethod
     def _current_fields(cls, value: str) -> str:
-        if _LEGACY_DX_RE.search(value):
-            raise ValueError(
-                "uses the retired field 'diagnosis:'; the archive now uses the hierarchical "
-                'diagnosis_1 .. diagnosis_5, e.g. diagnosis_3:Melanoma* or diagnosis_2:"Malignant '
-                'melanocytic proliferations (Melanoma)"'
-            )
+        if why := query_problem(value):
+            raise ValueError(why)
         return value
 
     @model_validator(mode="after")

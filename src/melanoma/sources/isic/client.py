@@ -8,7 +8,6 @@ call goes through ``melanoma.sources.http``: urllib3 retries on the API session,
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,15 +15,15 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 from melanoma import __version__
+from melanoma.config.ingest import query_problem
 from melanoma.errors import ConfigError, DataError
 from melanoma.sources import http
 from melanoma.sources.isic.threads import run_parallel
+from melanoma.urls import url_problem
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # the server's maximum page size
-# 'diagnosis:' as a field name (not diagnosis_1: ...), as isic-cli rejects it since 2025-04.
-_LEGACY_DX_RE = re.compile(r"(?<![A-Za-z0-9_])diagnosis\s*:")
 LICENSE_URLS = {
     "CC-0": "https://creativecommons.org/publicdomain/zero/1.0/legalcode",
     "CC-BY": "https://creativecommons.org/licenses/by/4.0/legalcode",
@@ -39,12 +38,8 @@ QUERY_HINT = (
 
 def validate_query(query: str) -> None:
     """Reject queries the server would answer with a parse error we can explain better here."""
-    if _LEGACY_DX_RE.search(query):
-        raise ConfigError(
-            f"ingest.isic.query {query!r} uses the retired field 'diagnosis:'; the archive now uses the "
-            "hierarchical diagnosis_1 .. diagnosis_5, e.g. diagnosis_3:Melanoma* or "
-            'diagnosis_2:"Malignant melanocytic proliferations (Melanoma)"'
-        )
+    if why := query_problem(query):
+        raise ConfigError(f"ingest.isic.query {query!r} {why}")
 
 
 def collections_param(collections: Sequence[int]) -> str:
@@ -57,11 +52,8 @@ def collections_param(collections: Sequence[int]) -> str:
 
 def normalise_base_url(base_url: str) -> str:
     """``base_url`` with a trailing slash; https only, except http on loopback (local test servers)."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"ingest.isic.base_url must be an http(s) URL, got {base_url!r}")
-    if parts.scheme == "http" and not http.is_loopback_http(base_url):
-        raise ConfigError(f"ingest.isic.base_url must use https (http only on 127.0.0.1), got {base_url!r}")
+    if why := url_problem(base_url):
+        raise ConfigError(f"ingest.isic.base_url {base_url!r}: {why}")
     return base_url if base_url.endswith("/") else base_url + "/"
 
 
