@@ -140,7 +140,8 @@ def load_version(client: Any, registered_model: str, version: str) -> Served:
     pyfunc = mlflow.pyfunc.load_model(f"models:/{registered_model}/{version}")
     wrapper = pyfunc.unwrap_python_model()
     classifier = wrapper.model
-    decoding = decoding_of(read_model_json(wrapper.model_dir))  # the logged folder's model.json
+    info = read_model_json(wrapper.model_dir)  # the logged folder's model.json
+    decoding = decoding_of(info)
     metrics = {
         k.removeprefix("test_"): _tag_value(v)
         for k, v in sorted(tags.items())
@@ -151,7 +152,8 @@ def load_version(client: Any, registered_model: str, version: str) -> Served:
             classifier=classifier,
             name=tags.get("model_name", "?"),
             family=getattr(classifier, "family", tags.get("model_family", "?")),
-            threshold=float(_tag_value(tags.get("threshold", "0.5"))),
+            # model.json's threshold, as evaluate used it: the registry's tag is rounded to 6 decimals
+            threshold=float(info.get("threshold", _tag_value(tags.get("threshold", "0.5")))),
             version=str(version),
             registered_model=registered_model,
             source=f"models:/{registered_model}/{version}",
