@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from melanoma import atomic
-from melanoma.report import figures, readme
+from melanoma.report import figures, names, readme
 from melanoma.report.inputs import ModelResult, ReportPaths, Study, load_study
 from melanoma.report.model_card import render_model_card
+from melanoma.report.tables import external_models
 
 __all__ = ["ModelResult", "ReportPaths", "Study", "load_study", "write_report", "README_MD", "MODEL_CARD_MD"]
 
@@ -24,19 +25,19 @@ FIGURES_DIR = "figures"
 
 
 def _write_figures(folder: Path, study: Study, per_class: int, seed: int) -> None:
-    figures.sample_grid(folder / readme.SAMPLES, study, per_class, seed)
-    splits = [s for s in readme.SPLIT_NAMES if isinstance(study.split.get(s), dict)]
-    figures.class_balance(folder / readme.BALANCE, study.split, splits)
+    figures.sample_grid(folder / names.SAMPLES, study, per_class, seed)
+    splits = [s for s in names.SPLIT_NAMES if isinstance(study.split.get(s), dict)]
+    figures.class_balance(folder / names.BALANCE, study.split, splits)
     for m in study.models:
         if m.history:
-            figures.training_curve(folder / readme.training_figure(m.name), m)
-    figures.roc_all(folder / readme.ROC, study.models)
-    figures.prc_all(folder / readme.PRC, study.models)
-    if readme.external_models(study.models):
-        figures.roc_all(folder / readme.EXTERNAL_ROC, readme.external_models(study.models), external=True)
-        figures.prc_all(folder / readme.EXTERNAL_PRC, readme.external_models(study.models), external=True)
-    figures.confusion_all(folder / readme.CONFUSION, study.models)
-    figures.calibration_all(folder / readme.CALIBRATION, study.models)
+            figures.training_curve(folder / names.training_figure(m.name), m)
+    figures.roc_all(folder / names.ROC, study.models)
+    figures.prc_all(folder / names.PRC, study.models)
+    if external_models(study.models):
+        figures.roc_all(folder / names.EXTERNAL_ROC, external_models(study.models), external=True)
+        figures.prc_all(folder / names.EXTERNAL_PRC, external_models(study.models), external=True)
+    figures.confusion_all(folder / names.CONFUSION, study.models)
+    figures.calibration_all(folder / names.CALIBRATION, study.models)
 
 
 def write_report(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from melanoma.report import fmt
+from melanoma.report.champion import champion_name
 from melanoma.report.inputs import ModelResult, Study
-from melanoma.report.readme import (
-    champion_name,
+from melanoma.report.tables import (
     external_models,
     external_summary,
     external_table,

@@ -2,19 +2,30 @@
 
 Every number is a value read from a file and printed with ``fmt.num`` (tests/test_report.py
 traces each one back). The only other numbers are the small-group limits the caller passes.
+
+This module puts the document together: intro, summary, then the sections of ``data_section``
+(samples, balance, cleaning, splits), ``model_section`` (one per model), the test results and
+external validation around the tables of ``tables``, and ``champion``. Figure names: ``names``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from melanoma.report import fmt, summary
-from melanoma.report.inputs import ModelResult, Study
+from melanoma.report.champion import champion_name, champion_section
+from melanoma.report.data_section import data_sections
+from melanoma.report.inputs import Study
+from melanoma.report.model_section import model_section
+from melanoma.report.names import CALIBRATION, CONFUSION, EXTERNAL_PRC, EXTERNAL_ROC, PRC, ROC
+from melanoma.report.tables import (
+    calibration_table,
+    confusion_table,
+    external_models,
+    external_summary,
+    external_table,
+    metrics_table,
+    subgroup_table,
+)
 
-SAMPLES, BALANCE = "samples.png", "class_balance.png"
-ROC, PRC, CONFUSION, CALIBRATION = "roc.png", "prc.png", "confusion.png", "calibration.png"
-EXTERNAL_ROC, EXTERNAL_PRC = "external_roc.png", "external_prc.png"
-SPLIT_NAMES = ("train", "val", "test")
 # Names (not paths) of the files the numbers come from, as laid out by dvc.yaml.
 SOURCES = (
     "data/prepared/provenance/ingest_report.json",
@@ -26,11 +37,6 @@ SOURCES = (
     "reports/plots/<name>/{roc,prc,calibration,subgroups,external_roc,external_prc}.json",
     "reports/registry.json",
 )
-
-
-def training_figure(name: str) -> str:
-    """File name of one model's training-curve figure."""
-    return f"training_{name}.png"
 
 
 def _intro(study: Study) -> list[str]:
@@ -49,230 +55,6 @@ def _intro(study: Study) -> list[str]:
             f"Data source: `{study.ingest.get('source')}` (see `data/prepared/provenance/ingest_report.json`).",
         ]
     return lines
-
-
-def _data(study: Study) -> list[str]:
-    p, s = study.prepare, study.split
-    balance = fmt.table(
-        ["class", "images", "fraction"],
-        [
-            ["melanoma", fmt.num(p.get("n_melanoma")), fmt.num(p.get("melanoma_fraction"))],
-            ["not melanoma", fmt.num(p.get("n_not_melanoma")), ""],
-            ["all kept", fmt.num(p.get("n_kept")), ""],
-        ],
-    )
-    cleaning = fmt.table(
-        ["step", "images"],
-        [
-            ["metadata rows (before)", fmt.num(p.get("n_metadata_rows"))],
-            ["dropped: unlabeled (no melanoma/benign diagnosis)", fmt.num(p.get("n_unlabeled"))],
-            ["dropped: manipulated image", fmt.num(p.get("n_manipulated"))],
-            ["dropped: metadata row without an image file", fmt.num(p.get("n_missing_image"))],
-            ["dropped: corrupt (cannot be decoded)", fmt.num(p.get("n_corrupt"))],
-            ["dropped: duplicate pixels", fmt.num(p.get("n_duplicates"))],
-            ["kept (after)", fmt.num(p.get("n_kept"))],
-            ["image files without a metadata row (ignored)", fmt.num(p.get("n_orphan_images"))],
-        ],
-    )
-    rows = [
-        [
-            name,
-            fmt.num(r.get("n")),
-            fmt.num(r.get("n_melanoma")),
-            fmt.num(r.get("n_benign")),
-            fmt.num(r.get("melanoma_fraction")),
-            fmt.num(r.get("n_groups")),
-        ]  # fmt: skip
-        for name in (*SPLIT_NAMES, "overall")
-        if isinstance(r := s.get(name), dict)
-    ]
-    splits = fmt.table(["split", "images", "melanoma", "not melanoma", "melanoma fraction", "patients"], rows)
-    return [
-        "## Sample images",
-        "",
-        "Prepared images (the model's input), a seeded choice per class; titles are ISIC ids.",
-        "",
-        fmt.figure("Sample images per class", SAMPLES),
-        "",
-        "## Class balance",
-        "",
-        balance,
-        "",
-        fmt.figure("Class balance per split", BALANCE),
-        "",
-        "## Data cleaning",
-        "",
-        cleaning,
-        "",
-        "## Splits",
-        "",
-        "Stratified by label and grouped by patient (else lesion), so no patient is in two splits "
-        f"(patients found in more than one split: {fmt.num(s.get('group_overlap'))}). "
-        "`patients` counts the groups.",
-        "",
-        splits,
-    ]
-
-
-def _architecture(info: dict[str, Any]) -> str:
-    if info.get("family") == "ensemble":
-        how = {"stack": "logistic regression on their logits", "rank_mean": "mean of their validation ranks"}
-        members = ", ".join(f"`{n}`" for n in info.get("members") or [])
-        method = info.get("method")
-        return f"ensemble of {members}: {how.get(method, method)}, fitted on validation"
-    if info.get("family") == "baseline":
-        return f"scikit-learn on image features; candidate chosen on validation: `{info.get('candidate')}`"
-    if info.get("backbone"):
-        return (
-            f"Keras transfer model: `{info['backbone']}` backbone, "
-            f"{fmt.num(info.get('fine_tuned_layers'))} top layers fine-tuned, "
-            f"{fmt.num(info.get('feature_dim'))} backbone features into a dense head"
-        )
-    return f"Keras CNN trained from scratch (family `{info.get('family')}`)"
-
-
-def model_section(m: ModelResult) -> list[str]:
-    """One model: architecture, size, training, weights source, threshold, training curve."""
-    info = m.info
-    if "epochs_run" in info:
-        best = fmt.num(info.get("best_epoch"))
-        epochs = (
-            f"{fmt.num(info['epochs_run'])} run; best epoch (as numbered in history.json, restored): {best}"
-        )
-    else:
-        epochs = "per-epoch curve below (history.json)" if m.history else "not iterative (no history.json)"
-    rows = [
-        ["family / architecture", _architecture(info)],
-        ["input", f"{fmt.num(info.get('image_size'))} px square, fit `{info.get('fit')}`"],
-        ["parameters", fmt.num(info["n_params"]) if "n_params" in info else "not recorded in model.json"],
-        [
-            "training images / validation images",
-            f"{fmt.num(info.get('n_train'))} / {fmt.num(info.get('n_val'))}",
-        ],
-        ["epochs", epochs],
-        [
-            "class balance",
-            f"`{info['class_balance']}`" if "class_balance" in info else "not recorded in model.json",
-        ],
-        ["weights source", m.weights_source],
-        [
-            "operating threshold",
-            f"{fmt.num(info.get('threshold'))} (`{info.get('threshold_rule')}` on validation)",
-        ],
-        ["validation ROC AUC", fmt.num((info.get("val") or {}).get("val_roc_auc"))],
-        [
-            "training time",
-            "not in tracked files: metric `train_seconds` of this model's MLflow training run "
-            "(tag `model_fingerprint`)",
-        ],  # fmt: skip
-    ]
-    out = [f"### {m.name}", "", fmt.table(["", m.name], rows), ""]
-    scores = info.get("candidate_val_auc")
-    if isinstance(scores, dict):
-        out += ["Baseline candidates (validation ROC AUC):", ""]
-        out += [fmt.table(["candidate", "val ROC AUC"], [[k, fmt.num(v)] for k, v in scores.items()]), ""]
-    members = info.get("member_val_auc")
-    if isinstance(members, dict):
-        coef = info.get("coefficients") or {}
-        out += [
-            "Ensemble members (validation ROC AUC; stacking weight on the logit where stacked). The "
-            f"ensemble's validation AUC is out-of-fold ({fmt.num(info.get('oof_folds'))} folds over "
-            f"validation); in-sample it was {fmt.num(info.get('val_roc_auc_in_sample'))}.",
-            "",
-        ]
-        rows = [[k, fmt.num(v), fmt.num(coef.get(k)) if coef else "-"] for k, v in members.items()]
-        out += [fmt.table(["member", "val ROC AUC", "weight"], rows), ""]
-    if m.history:
-        out += [fmt.figure(f"Training curve of {m.name}", training_figure(m.name)), ""]
-    return out
-
-
-def metrics_table(models: list[ModelResult]) -> str:
-    """Test metrics of every model, with bootstrap CIs where evaluate computed them."""
-    header = ["model", "ROC AUC [CI]", "PR AUC [CI]", "pAUC (TPR≥0.8) [CI]", "sensitivity", "specificity",
-              "threshold", "Brier", "ECE"]  # fmt: skip
-    rows = [
-        [
-            m.name,
-            fmt.with_ci(t, "roc_auc"),
-            fmt.with_ci(t, "pr_auc"),
-            fmt.with_ci(t, "pauc_80"),
-            fmt.num(t.get("sensitivity")),
-            fmt.num(t.get("specificity")),
-            fmt.num(t.get("threshold")),
-            fmt.num(t.get("brier")),
-            fmt.num(t.get("ece")),
-        ]  # fmt: skip
-        for m in models
-        for t in [m.test]
-    ]
-    return fmt.table(header, rows)
-
-
-def _calibrator(info: dict[str, Any]) -> str:
-    """The fitted calibrator in words, with its fitted values (from model.json)."""
-    cal = info.get("calibration")
-    if not isinstance(cal, dict):
-        return "none recorded"
-    method = cal.get("method")
-    if method == "temperature":
-        return f"temperature, T = {fmt.num(cal.get('temperature'))}"
-    if method == "platt":
-        return f"Platt, slope {fmt.num(cal.get('slope'))}, intercept {fmt.num(cal.get('intercept'))}"
-    return str(method)
-
-
-def calibration_table(models: list[ModelResult]) -> str:
-    """Per model: TTA, the calibrator, and test ECE and Brier before → after calibration."""
-    rows = [
-        [
-            m.name,
-            "on" if m.info.get("tta") else "off",
-            _calibrator(m.info),
-            f"{fmt.num(t.get('ece_uncalibrated'))} → {fmt.num(t.get('ece'))}",
-            f"{fmt.num(t.get('brier_uncalibrated'))} → {fmt.num(t.get('brier'))}",
-        ]
-        for m in models
-        for t in [m.test]
-    ]
-    return fmt.table(["model", "TTA (8 flips/rotations)", "calibrator", "ECE", "Brier"], rows)
-
-
-def confusion_table(models: list[ModelResult]) -> str:
-    """TN/FP/FN/TP at each model's operating threshold."""
-    rows = [
-        [
-            m.name,
-            fmt.num(t.get("threshold")),
-            fmt.num(t.get("tn")),
-            fmt.num(t.get("fp")),
-            fmt.num(t.get("fn")),
-            fmt.num(t.get("tp")),
-        ]  # fmt: skip
-        for m in models
-        for t in [m.test]
-    ]
-    return fmt.table(["model", "threshold", "TN", "FP", "FN", "TP"], rows)
-
-
-def subgroup_table(m: ModelResult, min_n: int, min_melanoma: int) -> str:
-    """Subgroups of one model's test predictions; small groups flagged, never dropped."""
-    rows = [
-        [
-            r.get("attribute"),
-            r.get("value"),
-            fmt.num(r.get("n")),
-            fmt.num(r.get("n_melanoma")),
-            fmt.num(r.get("roc_auc")),
-            fmt.num(r.get("sensitivity")),
-            fmt.num(r.get("specificity")),
-            fmt.small_group_flag(int(r.get("n") or 0), int(r.get("n_melanoma") or 0), min_n, min_melanoma),
-        ]  # fmt: skip
-        for r in m.series["subgroups"]
-    ]
-    return fmt.table(
-        ["attribute", "group", "n", "melanoma", "ROC AUC", "sensitivity", "specificity", "note"], rows
-    )
 
 
 def _results(study: Study, min_n: int, min_melanoma: int) -> list[str]:
@@ -321,55 +103,6 @@ def _results(study: Study, min_n: int, min_melanoma: int) -> list[str]:
     return out
 
 
-def external_models(models: list[ModelResult]) -> list[ModelResult]:
-    """The models that evaluate scored on an external set (all of them, or none, in a pipeline run)."""
-    return [m for m in models if m.external]
-
-
-def external_table(models: list[ModelResult]) -> str:
-    """Internal test and external set side by side: one row each per model, same threshold."""
-    rows = [
-        [
-            m.name,
-            where,
-            fmt.num(t.get("n")),
-            fmt.num(t.get("n_melanoma")),
-            fmt.with_ci(t, "roc_auc"),
-            fmt.with_ci(t, "pr_auc"),
-            fmt.num(t.get("sensitivity")),
-            fmt.num(t.get("specificity")),
-            fmt.num(t.get("threshold")),
-        ]  # fmt: skip
-        for m in models
-        for where, t in (("internal test", m.test), (f"external: {m.external.get('name')}", m.external))
-        if t
-    ]
-    header = ["model", "data", "images", "melanoma", "ROC AUC [CI]", "PR AUC [CI]", "sensitivity",
-              "specificity", "threshold"]  # fmt: skip
-    return fmt.table(header, rows)
-
-
-def external_summary(models: list[ModelResult]) -> str:
-    """What the external set is, from the first scored model's metrics (the set is the same for all)."""
-    scored = external_models(models)
-    if not scored:
-        return (
-            "No external set was scored (`external.source: none` in params.yaml). Point `external` at a "
-            "labelled set the models never saw (e.g. an ISIC challenge test set) to measure generalisation."
-        )
-    e = scored[0].external
-    text = (
-        f"External set **{e.get('name')}** (source `{e.get('source')}`): {fmt.num(e.get('n'))} images, "
-        f"{fmt.num(e.get('n_melanoma'))} melanoma (prevalence {fmt.num(e.get('prevalence'))}), prepared "
-        f"exactly as the training data; {fmt.num(e.get('n_dropped_in_training'))} images also in the training "
-        "data (same file or ISIC id) were dropped before scoring. Each model keeps the threshold it chose "
-        "on validation. CIs: bootstrap grouped by patient (else lesion, else image)."
-    )
-    if e.get("source") == "synthetic":
-        text += " The built-in synthetic external set tests the pipeline, not generalisation to real lesions."
-    return text
-
-
 def _external(study: Study) -> list[str]:
     scored = external_models(study.models)
     out = ["## External validation", "", external_summary(study.models), ""]
@@ -379,54 +112,12 @@ def _external(study: Study) -> list[str]:
     return out
 
 
-def champion_name(registry: dict[str, Any]) -> str | None:
-    """The model name behind the champion alias after the decision, when the record says it."""
-    after, cand, before = (
-        registry.get("champion_after"),
-        registry.get("candidate") or {},
-        registry.get("champion_before"),
-    )
-    if after is not None and after == cand.get("version"):
-        return cand.get("name")
-    if isinstance(before, dict) and after is not None and after == before.get("version"):
-        return before.get("model_name")
-    return None
-
-
-def champion_section(registry: dict[str, Any]) -> list[str]:
-    """Which model is champion and why, from reports/registry.json."""
-    cand = registry.get("candidate") or {}
-    after = registry.get("champion_after")
-    who = f"`{champion_name(registry) or 'a model not in this run'}`"
-    head = (
-        f"**Champion:** `{registry.get('registered_model')}` v{after} ({who})." if after is not None else
-        "**Champion:** none."
-    )  # fmt: skip
-    rows = [
-        [c.get("name"), fmt.num(c.get("val_roc_auc")), fmt.num(c.get("test_roc_auc")), c.get("weights")]
-        for c in registry.get("candidates") or []
-    ]
-    return [
-        "## Champion",
-        "",
-        head,
-        "",
-        f"Candidate: `{cand.get('name')}` (v{cand.get('version')}), chosen by {registry.get('selection')}. "
-        f"Decision: **{registry.get('action')}** (promoted: {registry.get('promoted')}), with a margin of "
-        f"{fmt.num(registry.get('margin'))} test ROC AUC.",
-        "",
-        f"> {registry.get('reason')}",
-        "",
-        fmt.table(["candidate", "val ROC AUC", "test ROC AUC", "weights"], rows),
-        "",
-        "Full decision, with split hashes: `reports/registry.json`.",
-    ]
-
-
 def render_readme(study: Study, *, min_n: int, min_melanoma: int) -> str:
     """The whole README.md text."""
     table = summary.summary_table(study, champion_name(study.registry))
-    lines = _intro(study) + ["", summary.HEADING, "", table, ""] + _data(study) + ["", "## Models", ""]
+    lines = (
+        _intro(study) + ["", summary.HEADING, "", table, ""] + data_sections(study) + ["", "## Models", ""]
+    )
     for m in study.models:
         lines += model_section(m)
     lines += _results(study, min_n, min_melanoma)
