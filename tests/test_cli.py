@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from helpers import make_raw
-from melanoma.cli import _tracking, main, repo_root
+from melanoma.cli import main, repo_root
+from melanoma.cli.common import tracking as _tracking
 from melanoma.config import Params
 
 REPO = Path(__file__).resolve().parents[1]

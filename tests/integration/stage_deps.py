@@ -16,7 +16,10 @@ EXEMPT = frozenset(
     {
         "src/melanoma/__init__.py",
         "src/melanoma/__main__.py",
-        "src/melanoma/cli.py",
+        "src/melanoma/cli/__init__.py",
+        "src/melanoma/cli/common.py",
+        "src/melanoma/cli/stages.py",
+        "src/melanoma/cli/tools.py",
         "src/melanoma/errors.py",
     }
 )

@@ -89,7 +89,7 @@ def first_pick_taken(monkeypatch: pytest.MonkeyPatch, taken: dict[int, int]) -> 
         picks.append(n)
         return ports
 
-    monkeypatch.setattr(stack, "free_ports", pick)
+    monkeypatch.setattr(stack.ports, "free_ports", pick)  # where retry_on_taken_port looks it up
     return picks
 
 
@@ -142,7 +142,7 @@ def test_an_asked_port_taken_as_the_server_starts_is_a_clear_error_not_another_p
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The check before the start saw the port free; another process bound it before SeaweedFS did.
-    monkeypatch.setattr(stack, "_check_ports", lambda ports: None)
+    monkeypatch.setattr(stack.ports, "check_ports", lambda ports: None)
     picks = first_pick_taken(monkeypatch, {})
     with listener() as port:
         cfg = stack.StackConfig(root=tmp_path / "st", s3_port=port, mlflow_port=0, timeout=60)
