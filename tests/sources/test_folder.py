@@ -1,4 +1,4 @@
-"""sources/folder.py: class folders, metadata CSVs, sidecars, ids, duplicates, licences, reproducibility."""
+"""sources/folder: class folders, metadata CSVs, sidecars, ids, duplicates, licences, reproducibility."""
 
 from __future__ import annotations
 
