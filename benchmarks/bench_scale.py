@@ -624,9 +624,7 @@ def disk_at(r: SizeResult, n: int, raw_bytes: float) -> float:
 def verdicts(results: list[SizeResult], rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
     """(target, ok, PASS/FAIL line with the figures behind it)."""
     out: list[tuple[str, bool, str]] = []
-    # memory flat in N: the largest N against the one before it (the issue's 8K -> 24K)
     last = results[-1]
-    mid = results[-2] if len(results) >= 2 else last
     names = STAGES + ["dvc status", "dvc commit", "dvc push", "dvc pull"]
     for r in rows:
         if r["figure"] in names and r["attr"] in ("wall_s", "cpu_s") and r["k"] is not None:
@@ -635,6 +633,7 @@ def verdicts(results: list[SizeResult], rows: list[dict[str, Any]]) -> list[tupl
             text = f"k = {r['k']:.2f} (<= {K_MAX})  " + verdict(ok, *[p for p in passes if p])
             out.append((f"growth {r['figure']} {r['what']}", ok, text))
     if len(results) >= 2:
+        mid = results[-2]  # memory flat in N: the largest N against the one before it (the issue's 8K -> 24K)
         for s in RSS_FLAT:
             a, b = mid.stages[s].maxrss_mb, last.stages[s].maxrss_mb
             ok = abs(b / a - 1) <= RSS_DRIFT

@@ -80,12 +80,14 @@ def tiny_params(test_fraction: float, val_fraction: float, bootstrap: int, **sec
     return Params(**(base | sections))
 
 
-def local_tracking(root: Path, experiment: str, db: str = "mlflow.db"):  # noqa: ANN201
+def local_tracking(root: Path, experiment: str):  # noqa: ANN201
     """An MLflow tracking target in ``root``: a sqlite store and a local artifact folder."""
     from melanoma.tracking import Tracking
 
     return Tracking(
-        uri=f"sqlite:///{root / db}", experiment=experiment, artifact_location=(root / "mlartifacts").as_uri()
+        uri=f"sqlite:///{root / 'mlflow.db'}",
+        experiment=experiment,
+        artifact_location=(root / "mlartifacts").as_uri(),
     )
 
 

@@ -24,11 +24,12 @@ import pytest
 import requests
 
 from melanoma.stack import PortTaken, retry_on_taken_port
+from melanoma.stack.ports import PORT_TAKEN as SERVER_PORT_TAKEN
 
 BIN = Path(sys.executable).parent
-# what the servers the tests start print when their port is taken: uvicorn (mlflow's servers) and
-# TensorFlow's gRPC server
-PORT_TAKEN = re.compile(r".*(address already in use|could not start grpc server).*", re.IGNORECASE)
+# what the servers the tests start print when their port is taken: the stack's servers' words
+# (uvicorn, mlflow's servers: "address already in use") and TensorFlow's gRPC server
+PORT_TAKEN = re.compile(rf"{SERVER_PORT_TAKEN.pattern}|.*could not start grpc server.*", re.IGNORECASE)
 
 
 def raise_if_port_taken(proc: subprocess.Popen, log: Path) -> None:
