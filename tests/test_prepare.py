@@ -158,3 +158,88 @@ def test_draft_margin_reaches_the_workers_and_the_report(raw_dir: Path, tmp_path
     b, _ = load_prepared(tmp_path / "m2")
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff.max() > 0 and diff.mean() < 4.0
+
+
+def test_decoding_keeps_a_bounded_window_of_chunks_in_flight(raw_dir: Path) -> None:
+    """Chunks are built as the pool takes them (Executor.map would submit all N at once)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from melanoma.prepare import _decode_one, _decoded_in_order
+
+    paths = sorted((raw_dir / "images").iterdir())
+    pulled = 0
+
+    def chunks():  # noqa: ANN202
+        nonlocal pulled
+        for p in paths:
+            pulled += 1
+            yield [(str(p), p.name, 16, "pad", True, 1.0)]
+
+    got = []
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        for res in _decoded_in_order(pool, chunks(), ahead=3):
+            assert pulled <= len(got) + 3, f"{pulled} chunks taken with {len(got)} results consumed"
+            got.append(res)
+    expected = [_decode_one((str(p), p.name, 16, "pad", True, 1.0)) for p in paths]
+    assert [r.sha1 for r in got] == [r.sha1 for r in expected]
+    assert all(np.array_equal(a.array, b.array) for a, b in zip(got, expected, strict=True))
+
+
+WORKER_PROBE = """
+import json, sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from melanoma.config import PrepareParams
+from melanoma.prepare import prepare
+
+peaks, done = {}, threading.Event()
+def hwm(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+def sample():  # the pool's workers are this process's children
+    while not done.is_set():
+        for task in Path("/proc/self/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                try:
+                    peaks[pid] = max(peaks.get(pid, 0), hwm(pid))
+                except (OSError, TypeError):
+                    pass
+        time.sleep(0.002)
+threading.Thread(target=sample, daemon=True).start()
+base = hwm("self")  # imports done, nothing read yet
+prepare(Path(sys.argv[2]), Path(sys.argv[3]), PrepareParams(image_size=16, workers=2))
+done.set()
+print(json.dumps({"base": base, "parent": hwm("self"), "workers": max(peaks.values(), default=None)}))
+"""
+
+
+def test_pool_workers_do_not_carry_the_metadata_table(tmp_path: Path) -> None:
+    """Workers start before the metadata is read: a large table is in the parent's RSS only.
+
+    Forked after the read, each worker would count the table in its own RSS (and every pool
+    worker of the stage would grow with N). ~100 MB of metadata: 300 images + 25K rows with no file.
+    """
+    import subprocess
+    import sys
+
+    raw_dir = tmp_path / "raw"
+    make_raw(raw_dir, n=300)  # enough decoding for the sampler to see the workers
+
+    records = pd.read_csv(raw_dir / "metadata.csv", dtype=str, keep_default_na=False).to_dict("records")
+    pad = "x" * 2000
+    records = [{**r, "notes": pad} for r in records]
+    records += [{**records[0], "isic_id": f"ISIC_9{i:06d}", "notes": f"{i}{pad}"} for i in range(25_000)]
+    write_raw_metadata(raw_dir, records, LICENSES, {"source": "test"})
+    src = Path(__file__).resolve().parents[1] / "src"
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER_PROBE, str(src), str(raw_dir), str(tmp_path / "prep")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    assert peaks["workers"] is not None, "no pool worker was seen"
+    assert peaks["parent"] > peaks["base"] + 100, f"the table did not load: {peaks}"
+    assert peaks["workers"] < peaks["base"] + 40, f"workers carry the parent's table: {peaks}"

@@ -10,7 +10,9 @@ import hashlib
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +27,13 @@ from melanoma.errors import DataError
 from melanoma.images import ImageDecodeError, load_resized
 from melanoma.labels import BENIGN, MELANOMA, derive_labels
 from melanoma.progress import Progress
-from melanoma.raw_layout import IMAGES_DIR, index_image_files, read_metadata, write_provenance
+from melanoma.raw_layout import (
+    IMAGES_DIR,
+    index_image_files,
+    licence_summary,
+    read_metadata,
+    write_provenance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +81,43 @@ def _decode_one(task: tuple[str, str, int, str, bool, float]) -> Decoded:
     return Decoded(sha1, len(data), width, height, array, None)
 
 
-def _site(row: pd.Series) -> str:
-    for col in SITE_COLUMNS:
-        if col in row and row[col]:
-            return str(row[col]).split(":")[0]
-    return ""
+def _decode_chunk(tasks: list[tuple[str, str, int, str, bool, float]]) -> list[Decoded]:
+    return [_decode_one(t) for t in tasks]
+
+
+def _start_workers(pool: ProcessPoolExecutor) -> None:
+    """Start the pool's processes now, before the metadata and file index are read.
+
+    With the fork start method every worker is a copy of the parent at that moment: started
+    later, each would carry (and count in its RSS) a table that grows with N.
+    """
+    pool.submit(os.getpid).result()
+
+
+def _decoded_in_order(
+    pool: ProcessPoolExecutor, chunks: Iterator[list[tuple[str, str, int, str, bool, float]]], ahead: int
+) -> Iterator[Decoded]:
+    """Decode chunk after chunk with at most ``ahead`` chunks in flight, yielding in input order.
+
+    ``Executor.map`` would submit every chunk at once: a future and its task tuples per image,
+    alive until the end, the parent's memory growing with N.
+    """
+    pending: deque[Future[list[Decoded]]] = deque()
+    for chunk in chunks:
+        pending.append(pool.submit(_decode_chunk, chunk))
+        if len(pending) >= ahead:
+            yield from pending.popleft().result()
+    while pending:
+        yield from pending.popleft().result()
+
+
+def _site(table: pd.DataFrame) -> pd.Series:
+    """The first non-empty site column per row (an ISIC 'anatom_site_1' value up to its ':')."""
+    site = pd.Series("", index=table.index, dtype=object)
+    for col in reversed([c for c in SITE_COLUMNS if c in table.columns]):
+        values = table[col].astype(str)
+        site = site.where(values == "", values.str.split(":").str[0])
+    return site
 
 
 def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
@@ -85,29 +125,55 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
 
     Returns the report. Raises DataError when the input is unusable or a class ends up empty.
     """
+    workers = params.workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        _start_workers(pool)
+        return _prepare(pool, workers, Path(raw_dir), Path(out_dir), params)
+
+
+def _prepare(
+    pool: ProcessPoolExecutor, workers: int, raw_dir: Path, out_dir: Path, params: PrepareParams
+) -> dict:
     start = time.perf_counter()
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     meta = read_metadata(raw_dir)
     labels = derive_labels(meta)
-    meta = pd.concat([meta.drop(columns=labels.columns, errors="ignore"), labels], axis=1)
+    meta[labels.columns] = labels  # in place: a concat would copy the whole table
     files = index_image_files(raw_dir / IMAGES_DIR)
 
     unlabeled = meta.loc[meta["label"].isna(), "isic_id"].tolist()
     manip = meta.get("image_manipulation", pd.Series("", index=meta.index)).str.lower().isin(MANIPULATED)
     manipulated = meta.loc[manip & meta["label"].notna(), "isic_id"].tolist()
-    candidates = meta[meta["label"].notna() & ~manip]
+    # Only the columns the index carries: the rest of the metadata is not copied per image.
+    wanted = ["isic_id", *labels.columns, *CARRIED, *SITE_COLUMNS]
+    candidates = meta.loc[meta["label"].notna() & ~manip, [c for c in meta.columns if c in wanted]]
     has_file = candidates["isic_id"].isin(files)
     missing = candidates.loc[~has_file, "isic_id"].tolist()
     candidates = candidates[has_file].reset_index(drop=True)
     orphans = sorted(set(files) - set(meta["isic_id"]))
+    n_rows, licences = len(meta), licence_summary(meta)
+    del meta  # the index needs only the candidates' columns
 
-    size, workers = params.image_size, params.workers or os.cpu_count() or 1
-    shown = {i: files[i].relative_to(raw_dir.parent).as_posix() for i in candidates["isic_id"]}
-    tasks = [
-        (str(files[i]), shown[i], size, params.fit, params.draft, params.draft_margin)
-        for i in candidates["isic_id"]
-    ]
-    log.info("prepare: decoding %d images to %dx%d on %d workers", len(tasks), size, size, workers)
+    size, n_tasks = params.image_size, len(candidates)
+    images_dir, shown_dir = raw_dir / IMAGES_DIR, (raw_dir / IMAGES_DIR).relative_to(raw_dir.parent)
+    chunk = max(1, min(64, n_tasks // (workers * 8) or 1))
+
+    def chunks() -> Iterator[list[tuple[str, str, int, str, bool, float]]]:
+        # Built as the pool takes them: no list of N tasks is held.
+        ids = candidates["isic_id"]
+        for first in range(0, n_tasks, chunk):
+            yield [
+                (
+                    str(images_dir / files[i]),
+                    (shown_dir / files[i]).as_posix(),
+                    size,
+                    params.fit,
+                    params.draft,
+                    params.draft_margin,
+                )
+                for i in ids.iloc[first : first + chunk]
+            ]
+
+    log.info("prepare: decoding %d images to %dx%d on %d workers", n_tasks, size, size, workers)
 
     corrupt: list[dict] = []
     duplicates: list[dict] = []
@@ -118,13 +184,12 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
         # workers' few results in flight, never the array.
         appender = prepared_appender(tmp, size)
         extra: dict[str, list] = {"sha1": [], "file_bytes": [], "orig_width": [], "orig_height": []}
-        chunk = max(1, min(64, len(tasks) // (workers * 8) or 1))
-        with appender, ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(_decode_one, tasks, chunksize=chunk)
-            for pos, res in enumerate(Progress(results, total=len(tasks), desc="prepare", unit="img")):
+        with appender:
+            results = _decoded_in_order(pool, chunks(), ahead=workers * 4)
+            for pos, res in enumerate(Progress(results, total=n_tasks, desc="prepare", unit="img")):
                 isic_id = candidates.at[pos, "isic_id"]
                 if res.error is not None:
-                    corrupt.append({"isic_id": isic_id, "file": Path(tasks[pos][0]).name, "error": res.error})
+                    corrupt.append({"isic_id": isic_id, "file": files[isic_id], "error": res.error})
                     continue
                 if params.drop_duplicates and res.sha1 in seen:
                     duplicates.append({"isic_id": isic_id, "duplicate_of": seen[res.sha1]})
@@ -136,6 +201,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
                 extra["file_bytes"].append(res.nbytes)
                 extra["orig_width"].append(res.width)
                 extra["orig_height"].append(res.height)
+        del seen  # its strings are the largest per-image objects still alive
 
         kept = candidates.iloc[kept_rows].reset_index(drop=True)
         counts = kept["label"].astype(int).value_counts()
@@ -144,7 +210,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
             empty = "melanoma" if n_mel == 0 else "not-melanoma"
             raise DataError(
                 f"after cleaning {raw_dir}, the {empty} class is empty ({n_mel} melanoma, {n_ben} other "
-                f"of {len(meta)} rows; {len(unlabeled)} unlabeled, {len(corrupt)} corrupt, "
+                f"of {n_rows} rows; {len(unlabeled)} unlabeled, {len(corrupt)} corrupt, "
                 f"{len(missing)} missing files): a classifier needs both classes"
             )
 
@@ -154,7 +220,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
         index["label_source"] = kept["label_source"]
         for col in CARRIED:
             index[col] = kept.get(col, "")
-        index["site"] = kept.apply(_site, axis=1) if len(kept) else ""
+        index["site"] = _site(kept)
         for col, values in extra.items():
             index[col] = values
 
@@ -162,7 +228,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
         report = {
             "raw_dir": str(raw_dir),
             "params": asdict(params),
-            "n_metadata_rows": len(meta),
+            "n_metadata_rows": n_rows,
             "n_kept": len(kept),
             "n_melanoma": n_mel,
             "n_not_melanoma": n_ben,
@@ -182,8 +248,8 @@ def prepare(raw_dir: Path, out_dir: Path, params: PrepareParams) -> dict:
             "orphan_images": orphans,
         }
         write_prepared(tmp, None, index, report)
-        write_provenance(raw_dir, tmp, meta)
-    log.info("prepare: %.1f s (%.1f images/s)", seconds, len(tasks) / seconds if seconds > 0 else 0.0)
+        write_provenance(raw_dir, tmp, licences)
+    log.info("prepare: %.1f s (%.1f images/s)", seconds, n_tasks / seconds if seconds > 0 else 0.0)
     log.info(
         "prepare: kept %d (%d melanoma); dropped %d unlabeled, %d corrupt, %d duplicate, %d missing",
         len(kept),
