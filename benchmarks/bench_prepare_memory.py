@@ -9,12 +9,16 @@ older version of the code:
 2. for each N, ``data/raw`` becomes the first N metadata rows and their images (hard links), and
    ``dvc repro -s --force prepare`` runs under ``os.wait4``: ru_maxrss is the largest process of
    the tree (dvc, the stage, one pool worker), plus the tree's summed PSS sampled every second;
-3. with ``--baseline REV``, the same runs with ``src/`` of that git revision first on PYTHONPATH.
+3. with ``--baseline REV``, the same runs with ``src/`` of that git revision first on PYTHONPATH
+   (the working tree's own runs put the copy's ``src/`` there: an editable install would otherwise
+   import whatever /work tree it was installed from, edits in progress included).
+
+``--raw DIR`` reuses a raw folder (an earlier ingest's ``data/raw``) instead of ingesting.
 
 Target (issue 17): peak RSS flat within +-20% from the second-largest to the largest N.
 
     .venv/bin/python benchmarks/bench_prepare_memory.py [--sizes 2000,8000,24000] [--max-width 400]
-        [--baseline REV] [--out benchmarks/results]
+        [--baseline REV] [--raw DIR] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="2000,8000,24000")
     ap.add_argument("--max-width", type=int, default=400, help="synthetic image width cap (px)")
     ap.add_argument("--baseline", default=None, help="a git revision to measure side by side")
+    ap.add_argument("--raw", type=Path, default=None, help="an existing raw folder to use (no ingest)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -96,11 +101,14 @@ def main() -> int:
         logs = root / "logs"
         logs.mkdir()
         repo = make_repo(root, sizes[-1], args, env)
-        print(f"ingest: {sizes[-1]} synthetic images (max width {args.max_width} px) ...")
-        measured_run([DVC, "repro", "-s", "ingest"], repo, env, logs / "ingest.log")
         full = root / "full_raw"
-        (repo / "data" / "raw").rename(full)
-        rows = measure(repo, full, sizes, env, logs, "this")
+        if args.raw:
+            shutil.copytree(args.raw, full, copy_function=os.link)
+        else:
+            print(f"ingest: {sizes[-1]} synthetic images (max width {args.max_width} px) ...")
+            measured_run([DVC, "repro", "-s", "ingest"], repo, env, logs / "ingest.log")
+            (repo / "data" / "raw").rename(full)
+        rows = measure(repo, full, sizes, env | {"PYTHONPATH": str(repo / "src")}, logs, "this")
         tags = ["this"]
         if args.baseline:
             old = root / "baseline"
