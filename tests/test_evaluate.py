@@ -245,3 +245,44 @@ def test_a_folder_without_a_calibrator_reports_the_same_before_and_after() -> No
     out = score_metrics(y, prob, y.astype(str), 0.5, EvaluateParams(bootstrap=0), 0)
     assert out["ece_uncalibrated"] == out["ece"] and out["brier_uncalibrated"] == out["brier"]
     assert "calibration_uncalibrated" not in plot_data(y, prob, 0.5, 5)
+
+
+def test_a_metadata_model_is_also_scored_without_metadata(trained, external: Path, tmp_path: Path) -> None:
+    """test_images_only / external_images_only: the same images, no age/sex/site, same metrics and CIs."""
+    import mlflow
+
+    from melanoma.contracts import load_prepared, load_splits, read_model_json, split_arrays
+    from melanoma.metrics import confusion_at, safe_auc
+    from melanoma.models import load_model
+
+    prepared, splits, model, tracking = trained
+    info = read_model_json(model)
+    assert info["metadata_columns"], "the tiny baseline should read age, sex and site"
+    result = evaluate_model(
+        "baseline", model, prepared, splits, tmp_path / "m.json", tmp_path / "plots", PARAMS.evaluate, 7,
+        tracking, external,
+    )  # fmt: skip
+    alone = result["test_images_only"]
+    assert set(alone) == set(result["test"]) | {"roc_auc_change_from_internal"}
+    assert alone["roc_auc_change_from_internal"] == pytest.approx(
+        alone["roc_auc"] - result["test"]["roc_auc"], abs=2e-6
+    )
+    assert alone["threshold"] == result["test"]["threshold"]
+    # recomputed here from the model itself, given images only
+    images, _ = load_prepared(prepared)
+    x, y = split_arrays(images, load_splits(splits)["test"])
+    prob = load_model(model).predict_proba(x, None)
+    assert alone["roc_auc"] == pytest.approx(safe_auc(y, prob), abs=1e-6)
+    assert alone["tp"] == confusion_at(y, prob, info["threshold"])["tp"]
+    assert alone["roc_auc_ci_low"] <= alone["roc_auc"] <= alone["roc_auc_ci_high"]
+    ext_alone = result["external_images_only"]
+    assert ext_alone["n"] == result["external"]["n"] and "roc_auc_ci_low" in ext_alone
+    client = mlflow.MlflowClient(tracking.uri)
+    (logged,) = client.search_runs(
+        [client.get_experiment_by_name("unit-eval").experiment_id],
+        filter_string="tags.stage = 'train@baseline'",
+    )
+    assert logged.data.metrics["test_images_only_roc_auc"] == pytest.approx(alone["roc_auc"], abs=1e-6)
+    assert logged.data.metrics["external_images_only_roc_auc"] == pytest.approx(
+        ext_alone["roc_auc"], abs=1e-6
+    )

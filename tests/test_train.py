@@ -134,8 +134,13 @@ def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) 
     p_raw = load_model(tmp_path / "m", calibrated=False).predict_proba(x_val, meta)
     assert not np.allclose(p_cal, p_raw)  # the calibrator does something here
     assert np.array_equal(p_cal, model.calibrator.apply(p_raw))
-    # The threshold and the metrics in model.json are those of the calibrated probabilities.
-    assert info["threshold"] == choose_threshold(y_val, p_cal, params.train.target_sensitivity)
+    # The threshold and the metrics in model.json are those of the calibrated probabilities (for
+    # this metadata-reading model: with metadata and without, whichever threshold is lower).
+    p_alone = model.predict_proba(x_val, None)
+    target = params.train.target_sensitivity
+    assert info["threshold"] == min(
+        choose_threshold(y_val, p_cal, target), choose_threshold(y_val, p_alone, target)
+    )
     assert val["val_roc_auc"] == pytest.approx(safe_auc(y_val, p_cal), abs=1e-12)
     assert val["val_brier"] == pytest.approx(float(np.mean((p_cal - y_val) ** 2)), abs=1e-12)
     assert val["val_brier_uncalibrated"] == pytest.approx(float(np.mean((p_raw - y_val) ** 2)), abs=1e-6)
@@ -150,3 +155,61 @@ def test_tta_and_calibration_are_recorded_and_loaded_back(data, tmp_path: Path) 
     run = mlflow.MlflowClient(result["mlflow"]["tracking_uri"]).get_run(result["mlflow"]["run_id"])
     assert run.data.params["calibration.method"] == "platt" and run.data.params["baseline.tta"] == "True"
     assert run.data.metrics["val_ece"] == pytest.approx(val["val_ece"], abs=1e-9)
+
+
+def test_a_metadata_model_keeps_the_target_sensitivity_without_metadata(data, tmp_path: Path) -> None:
+    """The threshold holds sensitivity >= target on validation with and without age/sex/site."""
+    import numpy as np
+
+    from melanoma.contracts import load_prepared, load_splits, split_arrays
+    from melanoma.metadata import metadata_rows
+    from melanoma.metrics import confusion_at, rates
+    from melanoma.models import load_model
+
+    prepared, splits = data
+    info = train_model("baseline", prepared, splits, tmp_path / "m", PARAMS, local_tracking(tmp_path, "u"))
+    target = PARAMS.train.target_sensitivity
+    assert (
+        info["metadata_columns"]
+        and info["threshold_rule"] == f"sensitivity>={target} with and without metadata"
+    )
+    images, _ = load_prepared(prepared)
+    val = load_splits(splits)["val"]
+    x, y = split_arrays(images, val)
+    model = load_model(tmp_path / "m")
+    with_meta = rates(confusion_at(y, model.predict_proba(x, metadata_rows(val)), info["threshold"]))
+    alone = rates(confusion_at(y, model.predict_proba(x, None), info["threshold"]))
+    assert with_meta["sensitivity"] >= target and alone["sensitivity"] >= target
+    assert info["val"]["val_images_only_sensitivity"] == pytest.approx(alone["sensitivity"])
+    assert info["val"]["val_sensitivity"] == pytest.approx(with_meta["sensitivity"])
+    assert np.isfinite(info["val"]["val_images_only_roc_auc"])
+
+
+def test_the_operating_point_is_the_lower_of_the_two_thresholds() -> None:
+    """A model whose scores drop without metadata gets the threshold that still reaches the target."""
+    import numpy as np
+
+    from melanoma.metrics import choose_threshold
+    from melanoma.train import operating_point
+
+    y = np.array([0] * 10 + [1] * 10)
+    with_meta = np.linspace(0.05, 0.95, 20)
+    alone = with_meta * 0.5  # the same ranking, half the score: its own threshold is half as high
+
+    class Scores:  # a model that answers from a table: the rule, not a model, is under test
+        metadata_columns = ("age_approx",)
+
+        def predict_proba(self, images: np.ndarray, metadata: object = None) -> np.ndarray:
+            return with_meta if metadata is not None else alone
+
+    x = np.zeros((20, 4, 4, 3), np.uint8)
+    threshold, rule, extra = operating_point(Scores(), x, y, with_meta, 0.9)
+    assert threshold == choose_threshold(y, alone, 0.9) < choose_threshold(y, with_meta, 0.9)
+    assert rule == "sensitivity>=0.9 with and without metadata"
+    assert extra["val_images_only_sensitivity"] >= 0.9
+    Scores.metadata_columns = ()  # an image-only model: its own threshold, no images-only block
+    assert operating_point(Scores(), x, y, with_meta, 0.9) == (
+        choose_threshold(y, with_meta, 0.9),
+        "sensitivity>=0.9",
+        {},
+    )

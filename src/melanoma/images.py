@@ -1,7 +1,8 @@
 """Decode, orient, convert and resize images: ONE implementation.
 
 ``prepare`` (files on disk), the logged model's pyfunc (arrays) and the app (uploads) all go
-through ``fit_resize``, so training and serving can never see different pixels.
+through ``fit_resize``, so training and serving can never see different pixels. ``color_constancy``
+(``prepare.color_constancy``) is applied by ``load_resized`` to what prepare and the app decode.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 Fit = Literal["crop", "squash", "pad"]
+ColorConstancy = Literal["none", "gray_world", "shades_of_gray"]
 
 # Decompression-bomb guard: Pillow's default warns at ~89 Mpx; real dermoscopy stops well below.
 Image.MAX_IMAGE_PIXELS = 200_000_000
@@ -130,13 +132,73 @@ def open_oriented(
         raise ImageDecodeError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def load_resized(
-    source: bytes | Path, size: int, fit: Fit = "crop", draft: bool = True, draft_margin: float = 2.0
+def color_constancy(
+    image: np.ndarray, method: ColorConstancy = "shades_of_gray", power: float = 6.0
 ) -> np.ndarray:
-    """Decode a file or bytes and return the uint8 (size, size, 3) array the models see."""
-    return fit_resize(
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004): uint8 (H, W, 3) -> uint8 (H, W, 3).
+
+    The illuminant is the per-channel Minkowski p-mean ``e_c = mean(I_c ** p) ** (1 / p)``
+    (``gray_world`` is p = 1 whatever ``power`` says; ``none`` returns ``image`` itself). ``e`` is
+    scaled to L2 norm sqrt(3), so a neutral illuminant is (1, 1, 1), and each channel is divided by
+    its ``e_c``: the cast goes, the overall brightness stays (as the common ISIC reference code).
+    Computed in float64 on [0, 1] (``x ** p`` cannot overflow for any p), rounded half-to-even
+    (``np.rint``, not the reference's truncation, which would darken every pixel by half a level on
+    average), clipped to [0, 255]. A channel with no light at all (e_c == 0) keeps gain 1 (it is all
+    zeros either way); an all-black image comes back unchanged.
+    """
+    if method == "none":
+        return image
+    if method not in ("gray_world", "shades_of_gray"):
+        raise ValueError(f"color constancy must be none, gray_world or shades_of_gray, got {method!r}")
+    p = 1.0 if method == "gray_world" else float(power)
+    if not p >= 1.0:  # also refuses NaN
+        raise ValueError(f"color constancy power must be >= 1 (1 = gray world), got {power}")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 image of shape (H, W, 3), got {arr.dtype} {arr.shape}")
+    if arr.size == 0:
+        return arr.copy()
+    # uint8 has 256 levels per channel: the p-means come from a histogram and 256 powers, and the
+    # output from a 256-entry table per channel, instead of a float pow, multiply and rint per pixel
+    # (2.6x faster at 100 px; the same numbers up to the order of one float sum). ``index`` is each
+    # value's slot in the 3 x 256 histogram / table, shared by both.
+    index = arr.reshape(-1, 3).astype(np.uint16)
+    index += np.array([0, 256, 512], dtype=np.uint16)
+    counts = np.bincount(index.ravel(), minlength=768).reshape(3, 256)
+    levels = np.arange(256, dtype=np.float64)
+    powers = levels / 255.0 if p == 1.0 else (levels / 255.0) ** p
+    illuminant = (np.sum(counts * powers, axis=1) / len(index)) ** (1.0 / p)
+    norm = float(np.sqrt(np.sum(illuminant**2)))
+    if norm == 0.0:
+        return arr.copy()
+    illuminant = illuminant / norm * np.sqrt(3.0)
+    gain = 1.0 / np.where(illuminant > 0.0, illuminant, 1.0)  # e_c == 0: the channel is all zeros
+    table = np.clip(np.rint(levels * gain[:, None]), 0, 255).astype(np.uint8)  # (3, 256)
+    return table.ravel()[index].reshape(arr.shape)
+
+
+def load_resized(
+    source: bytes | Path,
+    size: int,
+    fit: Fit = "crop",
+    draft: bool = True,
+    draft_margin: float = 2.0,
+    color: ColorConstancy = "none",
+    color_power: float = 6.0,
+) -> np.ndarray:
+    """Decode a file or bytes and return the uint8 (size, size, 3) array the models see.
+
+    ``color``/``color_power`` are ``prepare.color_constancy``/``color_constancy_power``.
+    """
+    image = fit_resize(
         open_oriented(source, size=size, draft=draft, fit=fit, draft_margin=draft_margin), size, fit
     )
+    # After the resize, not before: at 100 px it costs ~0.2 ms (+13% CPU on a 224 px JPEG's decode;
+    # before the resize it would grow with the original's pixels), the illuminant is estimated on
+    # exactly the pixels the model sees (the crop), and a mean changes little under a downscale.
+    # pad's black border is neutral: zeros scale every channel's p-mean by the same factor, which
+    # the L2 normalisation removes.
+    return color_constancy(image, color, color_power)
 
 
 def resize_array(image: np.ndarray, size: int, fit: Fit = "crop") -> np.ndarray:

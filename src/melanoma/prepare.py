@@ -43,6 +43,11 @@ SITE_COLUMNS = ("anatom_site_1", "anatom_site_general", "anatom_site_general_cha
 MANIPULATED = {"altered", "synthetic"}
 
 
+# One image's decode task: path, shown name, image_size, fit, draft, draft_margin, color_constancy,
+# color_constancy_power (the last two may be left off: a 6-field task decodes without colour constancy).
+Task = tuple[str, str, int, str, bool, float, str, float]
+
+
 @dataclass(frozen=True)
 class Decoded:
     """What a worker returns for one file."""
@@ -55,14 +60,15 @@ class Decoded:
     error: str | None
 
 
-def _decode_one(task: tuple[str, str, int, str, bool, float]) -> Decoded:
+def _decode_one(task: Task | tuple[str, str, int, str, bool, float]) -> Decoded:
     """Read, hash and resize one file (runs in a worker process).
 
     Errors name the file as ``shown`` (relative to the raw folder's parent: ``raw/images/x.jpg``),
     never by the path it was read from: a scratch or absolute path in the tracked report would
     change its bytes from run to run and machine to machine.
     """
-    path, shown, size, fit, draft, draft_margin = task
+    path, shown, size, fit, draft, draft_margin = task[:6]
+    color, color_power = task[6:] if len(task) == 8 else ("none", 6.0)
 
     def failed(exc: BaseException) -> str:
         return str(exc).replace(path, shown).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -75,13 +81,13 @@ def _decode_one(task: tuple[str, str, int, str, bool, float]) -> Decoded:
     try:
         with Image.open(Path(path)) as head:
             width, height = head.size
-        array = load_resized(data, size, fit, draft, draft_margin)  # type: ignore[arg-type]
+        array = load_resized(data, size, fit, draft, draft_margin, color, color_power)  # type: ignore[arg-type]
     except (ImageDecodeError, OSError, ValueError, SyntaxError) as exc:
         return Decoded(sha1, len(data), 0, 0, None, failed(exc))
     return Decoded(sha1, len(data), width, height, array, None)
 
 
-def _decode_chunk(tasks: list[tuple[str, str, int, str, bool, float]]) -> list[Decoded]:
+def _decode_chunk(tasks: list[Task]) -> list[Decoded]:
     return [_decode_one(t) for t in tasks]
 
 
@@ -95,7 +101,7 @@ def _start_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def _decoded_in_order(
-    pool: ProcessPoolExecutor, chunks: Iterator[list[tuple[str, str, int, str, bool, float]]], ahead: int
+    pool: ProcessPoolExecutor, chunks: Iterator[list[Task]], ahead: int
 ) -> Iterator[Decoded]:
     """Decode chunk after chunk with at most ``ahead`` chunks in flight, yielding in input order.
 
@@ -157,7 +163,7 @@ def _prepare(
     images_dir, shown_dir = raw_dir / IMAGES_DIR, (raw_dir / IMAGES_DIR).relative_to(raw_dir.parent)
     chunk = max(1, min(64, n_tasks // (workers * 8) or 1))
 
-    def chunks() -> Iterator[list[tuple[str, str, int, str, bool, float]]]:
+    def chunks() -> Iterator[list[Task]]:
         # Built as the pool takes them: no list of N tasks is held.
         ids = candidates["isic_id"]
         for first in range(0, n_tasks, chunk):
@@ -169,6 +175,8 @@ def _prepare(
                     params.fit,
                     params.draft,
                     params.draft_margin,
+                    params.color_constancy,
+                    params.color_constancy_power,
                 )
                 for i in ids.iloc[first : first + chunk]
             ]

@@ -19,7 +19,8 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
-from melanoma.images import resize_batch
+from melanoma.contracts import read_model_json
+from melanoma.images import color_constancy, resize_batch
 from melanoma.metadata import metadata_frame
 
 MODEL_DIR_ARTIFACT = "model_dir"
@@ -53,6 +54,10 @@ class MelanomaPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model_dir = Path(context.artifacts[MODEL_DIR_ARTIFACT])  # the app reads its model.json
         self.model = load_model(self.model_dir)
+        info = read_model_json(self.model_dir)
+        # prepare's colour constancy, so a caller's images get the pixels the model was trained on
+        # (on images prepare already corrected, a second pass moves a pixel by at most one level)
+        self.color = (str(info.get("color_constancy", "none")), float(info.get("color_constancy_power", 6.0)))
 
     def predict(self, context, model_input, params=None) -> np.ndarray:  # noqa: ANN001
         """uint8 (N, H, W, 3) or a list of HxWx3 arrays (+ metadata ``params``) -> float32 (N,)."""
@@ -60,5 +65,7 @@ class MelanomaPyfunc(mlflow.pyfunc.PythonModel):
             model_input = model_input[None]
         size = self.model.image_size
         batch = resize_batch(model_input, size, self.model.fit)
+        if self.color[0] != "none":
+            batch = np.stack([color_constancy(image, *self.color) for image in batch])  # type: ignore[arg-type]
         metadata = metadata_frame(params or {}, len(batch), where="pyfunc params")
         return self.model.predict_proba(batch, metadata).astype(np.float32)

@@ -34,7 +34,7 @@ from melanoma.metrics import (
     safe_ap,
     safe_auc,
 )
-from melanoma.models import ImageClassifier
+from melanoma.models import ImageClassifier, metadata_columns
 from melanoma.models.calibration import CalibratedClassifier, fit_calibrator
 from melanoma.models.tta import TTAClassifier
 from melanoma.tracking import FINGERPRINT_TAG, Tracking, log_split_inputs, run_tags, set_experiment
@@ -156,6 +156,29 @@ def tta_and_calibration(
     return CalibratedClassifier(model, calibrator), p_val, record
 
 
+def operating_point(
+    model: ImageClassifier, x_val: np.ndarray, y_val: np.ndarray, p_val: np.ndarray, target: float | None
+) -> tuple[float, str, dict[str, float]]:
+    """(threshold, its rule, images-only validation metrics) fixed on validation.
+
+    Most uploads come without age, sex or site. A model that reads them is also scored on validation
+    with none given, and the threshold is the lower of the two that reach ``target`` sensitivity,
+    so the target holds in both conditions (a model tuned only with metadata lost half its
+    sensitivity on a real external set without it). Youden's J (``target`` None) uses metadata only.
+    """
+    threshold = choose_threshold(y_val, p_val, target)
+    rule = "youden" if target is None else f"sensitivity>={target}"
+    if not metadata_columns(model):
+        return threshold, rule, {}
+    p_img = np.asarray(model.predict_proba(x_val, None), dtype=np.float64).reshape(-1)
+    if target is not None:
+        threshold = min(threshold, choose_threshold(y_val, p_img, target))
+        rule += " with and without metadata"
+    cm = confusion_at(y_val, p_img, threshold)
+    images_only = {"roc_auc": safe_auc(y_val, p_img), "pr_auc": safe_ap(y_val, p_img), **rates(cm)}
+    return threshold, rule, {f"val_images_only_{k}": v for k, v in images_only.items()}
+
+
 def logged_params(name: str, params: Params) -> dict[str, Any]:
     """The params a run of ``name`` depends on, flattened with dotted keys."""
     out = {
@@ -248,10 +271,13 @@ def train_model(
         history = family_info.pop("history", None)
         model, p_val, post = tta_and_calibration(name, model, family_info, x_val, y_val, meta_val, params)
         # The operating point and every validation metric are on the calibrated scale.
-        threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
+        threshold, rule, images_only = operating_point(
+            model, x_val, y_val, p_val, params.train.target_sensitivity
+        )
         cm = confusion_at(y_val, p_val, threshold)
         val_metrics = {"val_roc_auc": safe_auc(y_val, p_val), "val_pr_auc": safe_ap(y_val, p_val)}
         val_metrics.update({f"val_{k}": v for k, v in rates(cm).items()})
+        val_metrics.update(images_only)
         val_metrics.update(post.pop("val"))
         info: dict[str, Any] = {
             "name": name,
@@ -261,10 +287,13 @@ def train_model(
             # how prepare decoded the JPEGs: the app decodes uploads the same way (serve.holder)
             "draft": params.prepare.draft,
             "draft_margin": params.prepare.draft_margin,
+            # prepare's colour constancy: the app applies it to uploads too
+            "color_constancy": params.prepare.color_constancy,
+            "color_constancy_power": params.prepare.color_constancy_power,
             "threshold": threshold,
-            "threshold_rule": "youden"
-            if params.train.target_sensitivity is None
-            else f"sensitivity>={params.train.target_sensitivity}",
+            "threshold_rule": rule,
+            # what the app must be given for the model to see all it was trained on
+            "metadata_columns": list(metadata_columns(model)),
             "val": val_metrics,
             "n_train": int(len(y_train)),
             "n_val": int(len(y_val)),

@@ -84,7 +84,10 @@ def expected_answer(registry: Registry, name: str, data: bytes) -> tuple[float, 
         mlflow.set_registry_uri(before[1])
     wrapper = pyfunc.unwrap_python_model()
     model, info = wrapper.model, read_model_json(wrapper.model_dir)
-    pixels = load_resized(data, model.image_size, model.fit, info["draft"], info["draft_margin"])
+    pixels = load_resized(
+        data, model.image_size, model.fit, info["draft"], info["draft_margin"],
+        info.get("color_constancy", "none"), info.get("color_constancy_power", 6.0),
+    )  # fmt: skip
     return float(model.predict_proba(pixels[None])[0]), float(info["threshold"])
 
 

@@ -83,16 +83,17 @@ class Toys:
         split: str = "A",
         claimed_test: float | None = None,
         data: dict[str, str] | None = None,
+        val_extra: dict[str, float] | None = None,
     ) -> Candidate:
         """A model folder + metrics file; its run is logged the first time this content is seen."""
-        key = f"{name}-{q}-{val}-{split}-{claimed_test}"
+        key = f"{name}-{q}-{val}-{split}-{claimed_test}-{sorted((val_extra or {}).items())}"
         model_dir, metrics = self.root / key / "model", self.root / key / "metrics.json"
         if not model_dir.exists():
             model_dir.mkdir(parents=True)
             (model_dir / "toy.json").write_text(json.dumps({"q": q}))
             info = {
                 "name": name, "family": "toy", "image_size": 4, "fit": "crop", "threshold": 0.5,
-                "threshold_rule": "sensitivity>=0.9", "val": {"val_roc_auc": val},
+                "threshold_rule": "sensitivity>=0.9", "val": {"val_roc_auc": val, **(val_extra or {})},
                 "data": data or self.splits[split][2],
             }  # fmt: skip
             write_model_json(model_dir, info)
@@ -209,6 +210,22 @@ def test_worse_and_within_margin_keep_the_champion_and_better_promotes(toys: Toy
     assert not again.promoted and not again.new_version and again.record["candidate"]["version"] == 1
     assert aliases(toys.uri, name) == {"champion": "4", "challenger": "1"}
     assert n_versions(toys.uri, name) == 4
+
+
+def test_a_model_that_loses_its_sensitivity_without_metadata_is_not_promoted(toys: Toys) -> None:
+    """model.json's images-only validation sensitivity below the target: kept out, and why."""
+    name = "m-images-only"
+    weak = toys.candidate("weak", 0.5, 0.7, val_extra={"val_images_only_sensitivity": 0.6})
+    refused = toys.register(name, [weak], min_images_only_sensitivity=0.9)
+    assert not refused.promoted and aliases(toys.uri, name).get("champion") is None
+    assert "without it (most uploads)" in refused.record["reason"]
+    assert "is 0.6 < the target 0.9" in refused.record["reason"]
+    fine = toys.candidate("fine", 0.5, 0.7, val_extra={"val_images_only_sensitivity": 0.92})
+    assert toys.register(name, [fine], min_images_only_sensitivity=0.9).promoted
+    # an image-only model (no such figure) is judged as before
+    assert toys.register(
+        "m-no-meta", [toys.candidate("plain", 0.5, 0.7)], min_images_only_sensitivity=0.9
+    ).promoted
 
 
 def test_changed_split_rescores_the_champion_on_todays_split(toys: Toys) -> None:

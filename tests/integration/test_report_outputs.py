@@ -183,20 +183,40 @@ def test_calibration_table_shows_ece_and_brier_before_and_after(repo: Path, mode
 
 
 def test_internal_test_and_external_set_side_by_side(repo: Path, models: list[str]) -> None:
+    """One row per model and condition: internal test, external set, each also without metadata
+    for a model that reads it (the blocks evaluate wrote), with the AUC's change from internal."""
     readme = _readme(repo)
     card = (repo / "reports/model_card.md").read_text()
     e = _external(repo, "baseline")
+    blocks = {
+        "internal test": "test",
+        "internal test, no metadata": "test_images_only",
+        f"external: {e['name']}": "external",
+        f"external: {e['name']}, no metadata": "external_images_only",
+    }
+    expected = [
+        (m, label)
+        for m in models
+        for label, key in blocks.items()
+        if key in _json(repo / f"reports/metrics/{m}.json")
+    ]
+    assert ("baseline", "internal test, no metadata") in expected  # the tiny baseline reads metadata
+    assert ("cnn", "internal test, no metadata") not in expected  # an image-only model has no such rows
     for doc in (readme, card):
         rows = table_with(doc.split("## External validation")[1], "data")
-        assert [(r["model"], r["data"]) for r in rows] == [
-            (m, d) for m in models for d in ("internal test", f"external: {e['name']}")
-        ]
+        assert [(r["model"], r["data"]) for r in rows] == expected
         for r in rows:
-            t = _test(repo, r["model"]) if r["data"] == "internal test" else _external(repo, r["model"])
+            t = _json(repo / f"reports/metrics/{r['model']}.json")[blocks[r["data"]]]
             assert (r["images"], r["melanoma"]) == (fmt3(t["n"]), fmt3(t["n_melanoma"]))
             assert (r["ROC AUC [CI]"], r["PR AUC [CI]"]) == (ci(t, "roc_auc"), ci(t, "pr_auc"))
             assert (r["sensitivity"], r["specificity"]) == (fmt3(t["sensitivity"]), fmt3(t["specificity"]))
             assert r["threshold"] == fmt3(_test(repo, r["model"])["threshold"])  # the same operating point
+            gap = "n/a" if r["data"] == "internal test" else f"{t['roc_auc_change_from_internal']:+.3f}"
+            assert r["Δ AUC vs internal"] == gap
+            if gap != "n/a":  # evaluate's difference, not the report's own arithmetic
+                internal = _test(repo, r["model"])["roc_auc"]
+                assert t["roc_auc_change_from_internal"] == pytest.approx(t["roc_auc"] - internal, abs=2e-6)
+    assert (repo / "reports/figures/generalisation_gap.png").is_file()
     assert (
         f"External set **{e['name']}** (source `{e['source']}`): {e['n']} images, {e['n_melanoma']} melanoma"
         in readme

@@ -198,3 +198,39 @@ def test_the_report_describes_the_ensemble_and_its_members() -> None:
     assert "ensemble of `baseline`, `cnn`: logistic regression on their logits" in text
     assert "| cnn | 0.770 | 0.500 |" in text and "out-of-fold (5 folds" in text and "0.900" in text
     assert "members' weights: baseline none" in text
+
+
+def test_with_a_metadata_member_the_combiner_is_fitted_with_and_without_metadata(
+    members: dict[str, Path], val, tmp_path: Path
+) -> None:
+    """The stack sees the validation rows twice, with age and without: its log-loss over both
+    conditions is the lowest a combiner fitted on the metadata rows alone can reach, or lower."""
+    import pandas as pd
+    from sklearn.metrics import log_loss
+
+    from melanoma.models.calibration import logit, sigmoid
+    from melanoma.models.ensemble import _fit_stack
+
+    x_tr, y_tr = easy_set(90, 0)
+
+    def age(y: np.ndarray, seed: int) -> pd.DataFrame:  # older melanoma patients: informative
+        noise = np.random.default_rng(seed).normal(0, 8, len(y))
+        return pd.DataFrame({"age_approx": np.where(y == 1, 70.0, 30.0) + noise})
+
+    base, _ = fit_baseline(
+        x_tr, y_tr, *val, BaselineParams(candidates=("logistic_regression",), metadata=("age_approx",)), 0, SIZE,
+        meta_train=age(y_tr, 0), meta_val=age(val[1], 1),
+    )  # fmt: skip
+    dirs = {"baseline": model_folder(tmp_path / "baseline", base, "baseline"), "cnn": members["cnn"]}
+    meta_val = age(val[1], 2)
+    model, info = fit(dirs, val, "stack", meta_val=meta_val)
+    assert model.metadata_columns == ("age_approx",)
+    assert info["combiner_fit_on"] == "validation, with and without metadata"
+    with_meta, alone = model.member_probas(val[0], meta_val), model.member_probas(val[0], None)
+    both, y2 = np.vstack([with_meta, alone]), np.concatenate([val[1], val[1]])
+    meta_only = _fit_stack(with_meta, val[1])
+    loss = lambda coef, b: log_loss(y2, sigmoid(logit(both) @ coef + b))  # noqa: E731
+    assert not np.allclose(meta_only[0], model.coef)
+    assert loss(model.coef, model.intercept) <= loss(*meta_only) + 1e-9
+    _, plain = fit(members, val, "stack")  # image-only members: validation as before
+    assert plain["combiner_fit_on"] == "validation"

@@ -133,6 +133,9 @@ def test_predict_uses_metadata_from_the_query_or_the_form_and_still_works_withou
     image = jpeg_bytes(lesion_image(np.random.default_rng(5), False, 40, 30))
     status, alone = call(app, "/predict", image, "image/jpeg")
     assert status == 200 and 0 <= alone["probability"] <= 1 and "metadata" not in alone
+    # a model that reads metadata, given none, says so (most uploads come without it)
+    (warning,) = alone["warnings"]
+    assert "reads age_approx, site, and none was given" in warning
 
     old_leg = {"age_approx": "75", "site": "lower extremity"}
     status, high = call(app, "/predict", image, "image/jpeg", old_leg)
@@ -150,6 +153,11 @@ def test_predict_uses_metadata_from_the_query_or_the_form_and_still_works_withou
         app, "/predict", image, "image/jpeg", {"sex": "female"}
     )  # a column it does not use
     assert status == 200 and sex_only["probability"] == pytest.approx(alone["probability"])
+    assert sex_only["warnings"] == alone["warnings"]  # sex alone is none of what it reads
+    assert "warnings" not in high and "warnings" not in low
+    body, ctype = form(("files", "a.jpg", image), ("files", "b.jpg", image))
+    status, batch = call(app, "/predict/batch", body, ctype)
+    assert status == 200 and batch["warnings"] == alone["warnings"]  # a batch takes no metadata
 
     status, bad = call(app, "/predict", image, "image/jpeg", {"age_approx": "old"})
     assert status == 422 and "age 'old' is not a number" in bad["detail"]

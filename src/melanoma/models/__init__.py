@@ -59,6 +59,11 @@ class ModelWrapper:
         return getattr(self.inner, name)
 
 
+def metadata_columns(model: Any) -> tuple[str, ...]:
+    """The patient metadata columns a model (or, through wrappers, its inner model) reads."""
+    return tuple(getattr(model, "metadata_columns", ()) or ())
+
+
 def load_model(model_dir: Path, calibrated: bool = True) -> ImageClassifier:
     """Load a trained model folder of any family, as it predicts after training.
 

@@ -38,7 +38,7 @@ from melanoma.contracts import MODEL_JSON, read_model_json
 from melanoma.errors import DataError
 from melanoma.images import resize_batch
 from melanoma.metrics import safe_auc
-from melanoma.models import ImageClassifier, load_model
+from melanoma.models import ImageClassifier, load_model, metadata_columns
 from melanoma.models.calibration import logit, sigmoid
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ class EnsembleModel:
     intercept: float = 0.0
     references: dict[str, np.ndarray] | None = None  # rank_mean: sorted validation probabilities
     family: str = field(default="ensemble", init=False)
+
+    @property
+    def metadata_columns(self) -> tuple[str, ...]:
+        """The patient metadata any member uses (empty: the ensemble reads images only)."""
+        return tuple(sorted({c for m in self.members.values() for c in metadata_columns(m)}))
 
     def member_probas(self, images: np.ndarray, metadata: pd.DataFrame | None = None) -> np.ndarray:
         """(N, n_members) float64: each member's P(melanoma), on images resized to its input size.
@@ -240,23 +245,38 @@ def fit_ensemble(
     member_auc = {n: round(safe_auc(y, probas[:, i]), 6) for i, n in enumerate(names)}
     log.info("ensemble: members' validation AUC %s", member_auc)
 
+    # A member that reads metadata scores lower without it; fitted on both conditions, the combiner
+    # weighs it for uploads that come without age, sex and site as well as for those with them.
+    alone = model.member_probas(x_val, None) if model.metadata_columns and meta_val is not None else None
+
+    def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if alone is None:
+            return probas[idx], y[idx]
+        return np.vstack([probas[idx], alone[idx]]), np.concatenate([y[idx], y[idx]])
+
     folds = _folds(y, seed)
     oof = np.empty(len(y), dtype=np.float64)
     for fit_idx, held_idx in folds:
         part = EnsembleModel(members, dirs, params.method, image_size, fit)
         if params.method == "stack":
-            part.coef, part.intercept = _fit_stack(probas[fit_idx], y[fit_idx])
+            part.coef, part.intercept = _fit_stack(*rows(fit_idx))
         else:
-            part.references = _references(probas[fit_idx], names)
+            part.references = _references(rows(fit_idx)[0], names)
         oof[held_idx] = part.combine(probas[held_idx])
 
-    info: dict[str, Any] = {"members": names, "method": params.method, "member_val_auc": member_auc}
+    every = np.arange(len(y))
+    info: dict[str, Any] = {
+        "members": names,
+        "method": params.method,
+        "member_val_auc": member_auc,
+        "combiner_fit_on": "validation, with and without metadata" if alone is not None else "validation",
+    }
     if params.method == "stack":
-        model.coef, model.intercept = _fit_stack(probas, y)
+        model.coef, model.intercept = _fit_stack(*rows(every))
         info["coefficients"] = {n: round(float(c), 6) for n, c in zip(names, model.coef, strict=True)}
         info["intercept"] = round(model.intercept, 6)
     else:
-        model.references = _references(probas, names)
+        model.references = _references(rows(every)[0], names)
     in_sample = model.combine(probas)
     info.update(
         {

@@ -4,11 +4,13 @@ Phase 1 trains a small head on the frozen backbone's features, computed ONCE and
 frozen epoch costs a pass over a feature matrix instead of a backbone forward pass per image.
 Phase 2 (optional) unfreezes the top backbone layers and fine-tunes end to end on images.
 When ImageNet weights cannot be had, it says so, trains from random initialisation and records
-``weights=random-init``: it never pretends.
+``weights=random-init``: it never pretends. Weights can also come from an installed package
+(``hed-bsds500``, ``package:<module>/<path>``; see ``package_weights``), recorded under that name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from melanoma.errors import DataError
 from melanoma.models.deep.classifier import KerasClassifier, forward_batches
 from melanoma.models.deep.layers import Preprocess
 from melanoma.models.deep.loop import LoopSettings, fit_loop, seed_everything
+from melanoma.models.package_weights import PackageWeights, copy_by_name, locate, parse_spec, weights_note
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {
+    # caffe (0-255, BGR minus the mean) is also what the hed-bsds500 weights were trained on: the
+    # HED package's own preprocess_image does the same (details in package_weights.ALIASES)
     "vgg16": Backbone(keras.applications.VGG16, "caffe", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     "mobilenet_v2": Backbone(
         keras.applications.MobileNetV2,
@@ -54,14 +59,17 @@ class WeightsChoice:
 
     keras_arg: str | None  # "imagenet" or None (random init; a file is loaded afterwards)
     file: Path | None
-    recorded: str  # "imagenet", "random-init" or "file:<path>"
-    reason: str = ""
+    recorded: str  # "imagenet", "random-init", "file:<path>", an alias or "package:<module>/<path>"
+    reason: str = ""  # why not what was asked, or (package weights) what they are: model.json's note
+    package: PackageWeights | None = None  # set: ``file`` is copied into the backbone by layer name
 
 
 def resolve_weights(spec: str, backbone: str, keras_home: Path, allow_download: bool) -> WeightsChoice:
     """Decide where the backbone's weights come from, without touching the network unless allowed."""
     if spec == "random":
         return WeightsChoice(None, None, "random-init", "transfer.weights is 'random'")
+    if (package := parse_spec(spec)) is not None:
+        return _package_choice(spec, package, backbone)
     if spec == "imagenet":
         cached = sorted((Path(keras_home) / "models").glob(BACKBONES[backbone].cache_glob))
         if cached or allow_download:
@@ -78,9 +86,20 @@ def resolve_weights(spec: str, backbone: str, keras_home: Path, allow_download: 
     path = Path(spec).expanduser()
     if not path.is_file():
         raise DataError(
-            f"transfer.weights: weights file {path} not found (use imagenet, random or a file path)"
+            f"transfer.weights: weights file {path} not found "
+            "(use imagenet, random, hed-bsds500, package:<module>/<path> or a file path)"
         )
     return WeightsChoice(None, path, f"file:{path}")
+
+
+def _package_choice(spec: str, package: PackageWeights, backbone: str) -> WeightsChoice:
+    """Weights from an installed package: only on the backbone they fit, recorded under ``spec``."""
+    if package.backbone and package.backbone != backbone:
+        raise DataError(
+            f"transfer.weights: {spec} holds {package.backbone} layers and cannot initialise {backbone}; "
+            f"set transfer.backbone: {package.backbone} or choose other weights"
+        )
+    return WeightsChoice(None, locate(package), spec, package=package)
 
 
 def build_backbone(name: str, size: int, choice: WeightsChoice) -> tuple[keras.Model, WeightsChoice]:
@@ -96,7 +115,11 @@ def build_backbone(name: str, size: int, choice: WeightsChoice) -> tuple[keras.M
         reason = f"ImageNet weights for {name} could not be loaded ({type(exc).__name__}: {exc})"
         net = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
         choice = WeightsChoice(None, None, "random-init", reason)
-    if choice.file is not None:
+    if choice.package is not None and choice.file is not None:
+        copied = copy_by_name(net, choice.file, choice.package.spec)
+        choice = dataclasses.replace(choice, reason=weights_note(choice.package, copied))
+        log.info("transfer: %s <- %s: %s", name, choice.recorded, choice.reason)
+    elif choice.file is not None:
         try:
             net.load_weights(str(choice.file))
         except Exception as exc:

@@ -130,6 +130,9 @@ def _load_candidate(c: Candidate, split_hash: str) -> dict[str, Any]:
         "test_roc_auc": store.round6(test.get("roc_auc")),
         "threshold": store.round6(info.get("threshold")),
         "threshold_rule": info.get("threshold_rule"),
+        "val_images_only_sensitivity": store.round6(
+            (info.get("val") or {}).get("val_images_only_sensitivity")
+        ),
         "weights": info.get("weights", "none (trained from scratch)"),
         "_info": info,
         "_test": test,
@@ -197,6 +200,17 @@ def _champion_score(
     return score, "rescored", None
 
 
+def _images_only_shortfall(cand: dict[str, Any], minimum: float | None) -> str | None:
+    """Why a metadata-reading candidate must not serve (its sensitivity without metadata), else None."""
+    sens = cand.get("val_images_only_sensitivity")
+    if minimum is None or sens is None or sens >= minimum:
+        return None
+    return (
+        f"{cand['name']} reads patient metadata, and without it (most uploads) its validation "
+        f"sensitivity at threshold {cand['threshold']} is {sens} < the target {minimum}: not promoted"
+    )
+
+
 def _judge(
     client: Any,
     name: str,
@@ -206,10 +220,14 @@ def _judge(
     margin: float,
     allow_unscored: bool,
     scorer: Scorer,
+    min_images_only_sensitivity: float | None = None,
 ) -> tuple[str, bool, str, dict[str, Any] | None, float | None]:
     """(action, promote?, reason, champion_before record, improvement) by the promotion rule."""
     champ_version = store.get_aliases(client, name).get(CHAMPION)
     score = cand["test_roc_auc"]
+    shortfall = _images_only_shortfall(cand, min_images_only_sensitivity)
+    if shortfall is not None and champ_version != version:
+        return "keep", False, shortfall, None, None
     if champ_version is None:
         return "promote", True, "there is no champion yet", None, None
     if champ_version == version:
@@ -258,6 +276,7 @@ def register(
     allow_unscored_champion: bool,
     test_split_hash: str,
     scorer: Scorer,
+    min_images_only_sensitivity: float | None = None,
 ) -> Decision:
     """Register the best candidate (by validation ROC AUC) and move ``champion`` only by the rule.
 
@@ -266,6 +285,8 @@ def register(
     of a model URI on today's split (``make_scorer(images, labels)``); it is only called when
     the champion was scored on another split. Lineage (git commit, DVC experiment) comes from
     ``tracking``. A rerun with nothing new writes nothing and returns the same record.
+    ``min_images_only_sensitivity``: a candidate that reads metadata is not promoted when its
+    validation sensitivity without metadata (model.json) is below it.
     """
     if not candidates:
         raise DataError("register: no candidates given")
@@ -280,6 +301,7 @@ def register(
                 "registered_model": registered_model,
                 "margin": margin,
                 "allow_unscored_champion": allow_unscored_champion,
+                "min_images_only_sensitivity": min_images_only_sensitivity,
                 "test_split_hash": test_split_hash,
                 "candidates": table,
             }
@@ -323,7 +345,15 @@ def register(
         log.info("register: %s registered as %s v%d", cand["name"], registered_model, version)
 
     action, promote, reason, before, improvement = _judge(
-        client, registered_model, cand, version, test_split_hash, margin, allow_unscored_champion, scorer
+        client,
+        registered_model,
+        cand,
+        version,
+        test_split_hash,
+        margin,
+        allow_unscored_champion,
+        scorer,
+        min_images_only_sensitivity,
     )
     client.set_registered_model_alias(registered_model, CHALLENGER, str(version))
     if promote:

@@ -36,6 +36,8 @@ def _write_figures(folder: Path, study: Study, per_class: int, seed: int) -> Non
     if external_models(study.models):
         figures.roc_all(folder / names.EXTERNAL_ROC, external_models(study.models), external=True)
         figures.prc_all(folder / names.EXTERNAL_PRC, external_models(study.models), external=True)
+    if any(len(m.conditions()) > 1 for m in study.models):
+        figures.gap(folder / names.GAP, study.models)
     figures.confusion_all(folder / names.CONFUSION, study.models)
     figures.calibration_all(folder / names.CALIBRATION, study.models)
 

@@ -109,6 +109,33 @@ def prc_all(path: Path, models: list[ModelResult], external: bool = False) -> No
     plotting.precision_recall(path, [_scored(m, external) for m in models], title)
 
 
+def gap(path: Path, models: list[ModelResult]) -> None:
+    """ROC AUC with its 95% CI per model and condition (internal test, external set, each with and
+    without patient metadata): the generalisation gap at a glance."""
+    labels = sorted({label for m in models for label, _ in m.conditions()}, key=_condition_order)
+    rows = len(models)
+    with plotting.figure(path, figsize=(6.4, 0.9 + 0.7 * rows)) as (fig, ax):
+        for j, label in enumerate(labels):
+            for i, m in enumerate(models):
+                t = dict(m.conditions()).get(label)
+                if not t or t.get("roc_auc") is None:
+                    continue
+                y = i + (j - (len(labels) - 1) / 2) * 0.16
+                lo, hi = t.get("roc_auc_ci_low"), t.get("roc_auc_ci_high")
+                err = None if lo is None or hi is None else [[t["roc_auc"] - lo], [hi - t["roc_auc"]]]
+                ax.errorbar(t["roc_auc"], y, xerr=err, fmt="o", color=colour(j), capsize=3,
+                            label=label if i == 0 else None)  # fmt: skip
+        ax.set_yticks(range(rows), [m.name for m in models])
+        ax.invert_yaxis()
+        ax.set_xlabel("ROC AUC (95% CI)")
+        ax.set_title("Internal test vs external set, with and without metadata")
+        ax.legend(fontsize=7, loc="lower left")
+
+
+def _condition_order(label: str) -> tuple[bool, bool, str]:
+    return (label.startswith("external"), label.endswith("no metadata"), label)
+
+
 def confusion_all(path: Path, models: list[ModelResult]) -> None:
     """One confusion matrix per model at its operating threshold."""
     title = "Confusion matrices at the operating point (test split)"

@@ -62,6 +62,18 @@ class ModelResult:
         """Metrics on the external set ({} when none was scored)."""
         return self.metrics.get("external") or {}
 
+    def conditions(self) -> list[tuple[str, dict[str, Any]]]:
+        """(label, metrics) for every condition evaluate scored: the test split and the external
+        set, each also without patient metadata for a model that reads it."""
+        ext = f"external: {self.external.get('name')}"
+        found = [
+            ("internal test", self.test),
+            ("internal test, no metadata", self.metrics.get("test_images_only") or {}),
+            (ext, self.external),
+            (f"{ext}, no metadata", self.metrics.get("external_images_only") or {}),
+        ]
+        return [(label, m) for label, m in found if m]
+
     @property
     def weights(self) -> str:
         """Where the weights came from (the registry's wording for models without a 'weights' key)."""

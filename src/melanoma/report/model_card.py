@@ -6,7 +6,6 @@ from melanoma.report import fmt
 from melanoma.report.champion import champion_name
 from melanoma.report.inputs import ModelResult, Study
 from melanoma.report.tables import (
-    external_models,
     external_summary,
     external_table,
     metrics_table,
@@ -144,7 +143,7 @@ def render_model_card(study: Study, *, min_n: int, min_melanoma: int) -> str:
         "",
         external_summary(study.models),
         "",
-        *([external_table(external_models(study.models)), ""] if external_models(study.models) else []),
+        *([external_table(study.models), ""] if any(len(m.conditions()) > 1 for m in study.models) else []),
         "## Operating point",
         "",
         "The threshold is fixed on validation data by the rule shown, then applied unchanged to the test split.",

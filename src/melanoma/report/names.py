@@ -5,6 +5,7 @@ from __future__ import annotations
 SAMPLES, BALANCE = "samples.png", "class_balance.png"
 ROC, PRC, CONFUSION, CALIBRATION = "roc.png", "prc.png", "confusion.png", "calibration.png"
 EXTERNAL_ROC, EXTERNAL_PRC = "external_roc.png", "external_prc.png"
+GAP = "generalisation_gap.png"
 SPLIT_NAMES = ("train", "val", "test")
 
 

@@ -15,7 +15,7 @@ from melanoma.report.champion import champion_name, champion_section
 from melanoma.report.data_section import data_sections
 from melanoma.report.inputs import Study
 from melanoma.report.model_section import model_section
-from melanoma.report.names import CALIBRATION, CONFUSION, EXTERNAL_PRC, EXTERNAL_ROC, PRC, ROC
+from melanoma.report.names import CALIBRATION, CONFUSION, EXTERNAL_PRC, EXTERNAL_ROC, GAP, PRC, ROC
 from melanoma.report.tables import (
     calibration_table,
     confusion_table,
@@ -106,8 +106,10 @@ def _results(study: Study, min_n: int, min_melanoma: int) -> list[str]:
 def _external(study: Study) -> list[str]:
     scored = external_models(study.models)
     out = ["## External validation", "", external_summary(study.models), ""]
+    if any(len(m.conditions()) > 1 for m in study.models):
+        out += [external_table(study.models), "", fmt.figure("Generalisation gap", GAP), ""]
     if scored:
-        out += [external_table(scored), "", fmt.figure("ROC curves on the external set", EXTERNAL_ROC), "",
+        out += [fmt.figure("ROC curves on the external set", EXTERNAL_ROC), "",
                 fmt.figure("Precision-recall curves on the external set", EXTERNAL_PRC), ""]  # fmt: skip
     return out
 

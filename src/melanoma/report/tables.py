@@ -90,22 +90,21 @@ def external_models(models: list[ModelResult]) -> list[ModelResult]:
 
 
 def external_table(models: list[ModelResult]) -> str:
-    """Internal test and external set side by side: one row each per model, same threshold."""
-    rows = [
-        [
-            m.name,
-            where,
-            *nums(t, "n", "n_melanoma"),
-            fmt.with_ci(t, "roc_auc"),
-            fmt.with_ci(t, "pr_auc"),
-            *nums(t, "sensitivity", "specificity", "threshold"),
-        ]
-        for m in models
-        for where, t in (("internal test", m.test), (f"external: {m.external.get('name')}", m.external))
-        if t
-    ]
-    header = ["model", "data", "images", "melanoma", "ROC AUC [CI]", "PR AUC [CI]", "sensitivity",
-              "specificity", "threshold"]  # fmt: skip
+    """Every scored condition side by side (internal test, external set, each also without patient
+    metadata for a model that reads it): one row each per model, the same validation threshold,
+    and the ROC AUC's change from the internal test (the generalisation gap)."""
+    rows = []
+    for m in models:
+        conditions = m.conditions()
+        for where, t in conditions:
+            gap = t.get("roc_auc_change_from_internal")  # evaluate's figure (None for the internal test)
+            rows.append([
+                m.name, where, *nums(t, "n", "n_melanoma"), fmt.with_ci(t, "roc_auc"),
+                fmt.NA if gap is None else f"{gap:+.3f}",
+                fmt.with_ci(t, "pr_auc"), *nums(t, "sensitivity", "specificity", "threshold"),
+            ])  # fmt: skip
+    header = ["model", "data", "images", "melanoma", "ROC AUC [CI]", "Δ AUC vs internal", "PR AUC [CI]",
+              "sensitivity", "specificity", "threshold"]  # fmt: skip
     return fmt.table(header, rows)
 
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from melanoma.models import metadata_columns
 from melanoma.serve.holder import ModelHolder, Served
 from melanoma.serve.intake import (
     METADATA_FIELDS,
@@ -121,6 +122,18 @@ def result(served: Served, prob: float) -> dict[str, Any]:
     }
 
 
+def missing_metadata_warning(served: Served, metadata: pd.DataFrame | None) -> str | None:
+    """Said when the served model reads patient metadata and this request gave none of it."""
+    used = metadata_columns(served.classifier)
+    if not used or (metadata is not None and any(c in metadata.columns for c in used)):
+        return None
+    return (
+        f"this model also reads {', '.join(used)}, and none was given: it judged the image alone. "
+        "Its threshold keeps the validation sensitivity target without them too, but give them "
+        "when known (the report's 'images only' rows show what is lost)"
+    )
+
+
 def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None = None) -> FastAPI:
     """The app over ``holder``; with ``poll_seconds`` it follows the champion alias while it runs."""
 
@@ -178,8 +191,11 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
         out = result(served, served.predict(pixels[None], metadata)[0])
         if metadata is not None:
             # what was sent, and what this model reads of it (an image-only model reads none)
-            used = list(getattr(served.classifier, "metadata_columns", ()))
+            used = list(metadata_columns(served.classifier))
             out["metadata"] = {"given": metadata.iloc[0].to_dict(), "used_by_model": used}
+        warning = missing_metadata_warning(served, metadata)
+        if warning:
+            out["warnings"] = [warning]
         if explain:
             with served.lock:
                 out["explanation"] = served.explainer(pixels)
@@ -219,7 +235,11 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
         for r, upload in zip(results, uploads, strict=True):
             r["filename"] = upload.filename
             del r["model"]
-        return {"model": model_ref(served), "threshold": served.threshold, "results": results}
+        out = {"model": model_ref(served), "threshold": served.threshold, "results": results}
+        warning = missing_metadata_warning(served, None)  # the batch takes no metadata
+        if warning:
+            out["warnings"] = [warning]
+        return out
 
     @app.post(
         "/predict/batch",

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from melanoma.images import ColorConstancy
 from melanoma.models import ImageClassifier
 
 log = logging.getLogger("melanoma.serve")
@@ -43,8 +44,9 @@ class Served:
     # Keras models are not guaranteed thread-safe, and 2 cores gain nothing from parallel forward passes.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     explainer: Any = field(default=None, repr=False)
-    # JPEG draft settings prepare used for this model's training data (model.json; older folders: 2.0)
-    decoding: dict[str, Any] = field(default_factory=lambda: {"draft": True, "draft_margin": 2.0})
+    # How prepare decoded this model's training data (model.json, see ``decoding_of``): JPEG draft
+    # settings and colour constancy, passed to ``intake.decode`` as keyword arguments
+    decoding: dict[str, Any] = field(default_factory=lambda: decoding_of({}))
 
     @property
     def image_size(self) -> int:
@@ -118,8 +120,24 @@ def load_folder(model_dir: Path, metrics_path: Path | None = None) -> Served:
 
 
 def decoding_of(info: dict[str, Any]) -> dict[str, Any]:
-    """model.json -> the ``draft``/``draft_margin`` keyword arguments of ``intake.decode``."""
-    return {"draft": bool(info.get("draft", True)), "draft_margin": float(info.get("draft_margin", 2.0))}
+    """model.json -> the ``draft``/``draft_margin``/``color_constancy``/``color_constancy_power``
+    keyword arguments of ``intake.decode``.
+
+    A key model.json lacks takes the value prepare had before it existed (draft margin 2.0, no
+    colour constancy): models saved earlier were trained on pixels decoded that way. An unknown
+    colour-constancy method is refused here, when the model loads, not on every upload.
+    """
+    method = str(info.get("color_constancy", "none"))
+    if method not in get_args(ColorConstancy):
+        raise ValueError(
+            f"model.json: unknown color_constancy {method!r} (this code knows {get_args(ColorConstancy)})"
+        )
+    return {
+        "draft": bool(info.get("draft", True)),
+        "draft_margin": float(info.get("draft_margin", 2.0)),
+        "color_constancy": method,
+        "color_constancy_power": float(info.get("color_constancy_power", 6.0)),
+    }
 
 
 def _tag_value(text: str) -> Any:

@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from melanoma.images import Fit, ImageDecodeError, fit_resize, open_oriented
+from melanoma.images import ColorConstancy, Fit, ImageDecodeError, load_resized
 from melanoma.metadata import METADATA_COLUMNS, parse_age
 
 IMAGE_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG"}
@@ -188,10 +188,18 @@ def check_upload(upload: Upload, limits: Limits) -> str:
 
 
 def decode(
-    upload: Upload, limits: Limits, size: int, fit: Fit, draft: bool = True, draft_margin: float = 2.0
+    upload: Upload,
+    limits: Limits,
+    size: int,
+    fit: Fit,
+    draft: bool = True,
+    draft_margin: float = 2.0,
+    color_constancy: ColorConstancy = "none",
+    color_constancy_power: float = 6.0,
 ) -> np.ndarray:
-    """Checked upload -> the uint8 (size, size, 3) array the model sees (prepare's decode and resize,
-    with the JPEG draft settings the model's training data was prepared with)."""
+    """Checked upload -> the uint8 (size, size, 3) array the model sees (prepare's decode, resize and
+    colour constancy, with the settings the model's training data was prepared with: model.json's,
+    through ``holder.decoding_of``)."""
     fmt = check_upload(upload, limits)
     label = f"{upload.filename!r}: " if upload.filename else ""
     try:
@@ -211,8 +219,10 @@ def decode(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = open_oriented(upload.data, size=size, draft=draft, fit=fit, draft_margin=draft_margin)
-            return fit_resize(image, size, fit)
+            # load_resized itself, so the app's pixels are prepare's by construction
+            return load_resized(
+                upload.data, size, fit, draft, draft_margin, color_constancy, color_constancy_power
+            )
     except ImageDecodeError as exc:
         raise IntakeError(422, f"{label}cannot decode the image (corrupt or truncated): {exc}") from None
     except (MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -32,6 +32,7 @@ PAGE = """<!doctype html>
   #probability { font-size: 34px; font-weight: 700; }
   .melanoma { color: #b3261e; } .benign { color: #1e7b34; }
   #error { color: #b3261e; font-weight: 600; }
+  .warning { color: #8a5a00; max-width: 640px; }
   table { border-collapse: collapse; font-size: 13px; }
   td { padding: 2px 10px 2px 0; }
 </style>
@@ -50,6 +51,7 @@ dermatologist about any skin lesion that worries you.</p>
       <div id="probability"></div>
       <div>P(melanoma) &mdash; decision at threshold <span id="threshold"></span>:
         <strong id="decision"></strong></div>
+      <p id="warnings" class="warning" role="status"></p>
     </div>
   </section>
   <section class="pics">
@@ -104,6 +106,7 @@ async function predict(file) {
   setText("probability", (100 * body.probability).toFixed(1) + " %");
   setText("threshold", (100 * body.threshold).toFixed(1) + " %");
   const d = $("decision"); d.textContent = body.label; d.className = body.melanoma ? "melanoma" : "benign";
+  setText("warnings", (body.warnings || []).join(" "));
   const ex = body.explanation;
   if (ex) {
     $("heatmap").src = "data:image/png;base64," + ex.image_png_b64;
