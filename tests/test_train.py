@@ -213,3 +213,26 @@ def test_the_operating_point_is_the_lower_of_the_two_thresholds() -> None:
         "sensitivity>=0.9",
         {},
     )
+
+
+def test_model_json_says_what_the_model_was_trained_on(data, tmp_path: Path) -> None:
+    """trained_on: from prepare's copy of the ingest report, with the split sizes."""
+    from melanoma.raw_layout import describe_source
+
+    prepared, splits = data
+    info = train_model("baseline", prepared, splits, tmp_path / "m", PARAMS, local_tracking(tmp_path, "u"))
+    report = json.loads((prepared / "provenance" / "ingest_report.json").read_text())
+    assert info["trained_on"] == {
+        **describe_source(report),
+        "n_train": info["n_train"],
+        "n_val": info["n_val"],
+    }
+    synthetic = describe_source({"source": "synthetic", "seed": 42, "n_images": 2000})
+    assert (
+        synthetic["synthetic"]
+        and synthetic["name"] == "built-in synthetic sample (seed 42, 2000 generated images)"
+    )
+    isic = describe_source({"source": "isic", "query": "diagnosis_3:Melanoma", "n_images": 12})
+    assert not isic["synthetic"] and isic["name"] == "ISIC Archive (diagnosis_3:Melanoma; 12 images)"
+    folder = describe_source({"source": "folder", "path": "/home/me/ham10000", "mode": "metadata_csv"})
+    assert folder["name"] == "image folder ham10000 (metadata_csv)"  # no host path in model.json

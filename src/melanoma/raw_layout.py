@@ -137,6 +137,24 @@ def read_ingest_report(raw_dir: Path) -> dict[str, Any]:
     return read_json(Path(raw_dir) / INGEST_REPORT, "run the ingest stage first")
 
 
+def describe_source(report: dict[str, Any]) -> dict[str, Any]:
+    """What a trained model's data was, from ingest_report.json: ``source`` (the kind), ``name`` (in
+    words a person reads), ``synthetic`` (generated images that say nothing about real lesions)."""
+    kind = str(report.get("source") or "unknown")
+    if kind == "synthetic":
+        name = f"built-in synthetic sample (seed {report.get('seed')}, {report.get('n_images')} generated images)"
+    elif kind == "isic":
+        what = report.get("query") or ", ".join(map(str, report.get("collections") or [])) or "all images"
+        name = f"ISIC Archive ({what}; {report.get('n_images')} images)"
+    elif kind == "challenge":
+        name = f"ISIC challenge set ({report.get('format')}: {report.get('ground_truth')})"
+    elif kind == "folder":
+        name = f"image folder {Path(str(report.get('path'))).name} ({report.get('mode')})"
+    else:
+        name = kind
+    return {"source": kind, "name": name, "synthetic": kind == "synthetic"}
+
+
 def read_attribution(raw_dir: Path) -> list[str]:
     """The distinct attributions of attribution.txt, in file order (blank-line separated)."""
     path = Path(raw_dir) / ATTRIBUTION_TXT

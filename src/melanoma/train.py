@@ -19,6 +19,7 @@ from melanoma.contracts import (
     load_prepared,
     load_splits,
     model_fingerprint,
+    read_json,
     split_arrays,
     write_history,
     write_model_json,
@@ -37,6 +38,7 @@ from melanoma.metrics import (
 from melanoma.models import ImageClassifier, metadata_columns
 from melanoma.models.calibration import CalibratedClassifier, fit_calibrator
 from melanoma.models.tta import TTAClassifier
+from melanoma.raw_layout import INGEST_REPORT, PROVENANCE_DIR, describe_source
 from melanoma.tracking import FINGERPRINT_TAG, Tracking, log_split_inputs, run_tags, set_experiment
 
 log = logging.getLogger(__name__)
@@ -179,6 +181,14 @@ def operating_point(
     return threshold, rule, {f"val_images_only_{k}": v for k, v in images_only.items()}
 
 
+def trained_on(prepared_dir: Path, n_train: int, n_val: int) -> dict[str, Any]:
+    """The data a model learnt from, in words (model.json's ``trained_on``: the app and the model
+    card say it), from the ingest report prepare keeps in its provenance folder."""
+    path = Path(prepared_dir) / PROVENANCE_DIR / INGEST_REPORT
+    report = read_json(path, "run prepare again") if path.is_file() else {}
+    return {**describe_source(report), "n_train": n_train, "n_val": n_val}
+
+
 def logged_params(name: str, params: Params) -> dict[str, Any]:
     """The params a run of ``name`` depends on, flattened with dotted keys."""
     out = {
@@ -297,6 +307,7 @@ def train_model(
             "val": val_metrics,
             "n_train": int(len(y_train)),
             "n_val": int(len(y_val)),
+            "trained_on": trained_on(prepared_dir, int(len(y_train)), int(len(y_val))),
             "data": hashes,
             **post,
             **family_info,
