@@ -85,6 +85,20 @@ PLANS: dict[str, list[str]] = {
         "cnn-res-cutmix=cnn;cnn.architecture=residual;train.augment.cutmix=1.0",
         "transfer=transfer",
     ],
+    # issue 19, the generalisation gap: listed in priority order for a time-capped run (each reference
+    # before the variants compared with it, ``vs=``), scored on an ``--external`` set too. fine_tune_layers=5 unfreezes
+    # exactly block5_conv1..3 of VGG16 (its last layers are block5_conv1..3, block5_pool and the
+    # global pooling; the count includes the weightless ones).
+    "issue19": [
+        "transfer-random=transfer;transfer.weights=random",
+        "transfer-hed=transfer;vs=transfer-random;transfer.weights=hed-bsds500",
+        "cnn=cnn",
+        "cnn+sog=cnn;vs=cnn;prepare.color_constancy=shades_of_gray",
+        "baseline=baseline",
+        "transfer-hed-ft=transfer;vs=transfer-hed;transfer.weights=hed-bsds500;transfer.fine_tune_layers=5",
+        "cnn+aug=cnn;vs=cnn;train.augment.brightness=0.2;train.augment.contrast=0.2;"
+        "train.augment.saturation=0.2",
+    ],
     "default": ["baseline=baseline", "cnn=cnn", "transfer=transfer"],
 }
 CALIBRATIONS = ("temperature", "platt", "isotonic")
@@ -98,14 +112,19 @@ class Variant:
     label: str
     model: str
     overrides: tuple[str, ...]
+    ref: str | None = None  # ``vs=LABEL``: the variant its paired differences are taken against
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        head, *overrides = [part.strip() for part in text.split(";") if part.strip()]
+        head, *items = [part.strip() for part in text.split(";") if part.strip()]
         label, sep, model = head.partition("=")
-        if not sep or model not in MODELS:
-            raise SystemExit(f"--variant {text!r}: expected LABEL=MODEL[;KEY=VALUE...], MODEL in {MODELS}")
-        return cls(label.strip(), model.strip(), tuple(overrides))
+        if not sep or model.strip() not in MODELS:
+            raise SystemExit(
+                f"--variant {text!r}: expected LABEL=MODEL[;vs=LABEL][;KEY=VALUE...], MODEL in {MODELS}"
+            )
+        refs = [i.partition("=")[2].strip() for i in items if i.partition("=")[0].strip() == "vs"]
+        overrides = tuple(i for i in items if i.partition("=")[0].strip() != "vs")
+        return cls(label.strip(), model.strip(), overrides, refs[-1] if refs else None)
 
 
 def apply_overrides(base: Params, overrides: list[str] | tuple[str, ...]) -> Params:
@@ -204,6 +223,69 @@ def load_data(data_dir: Path, params: Params, cache: Path) -> Data:
     return Data(np.asarray(images), frames, summary)
 
 
+@dataclasses.dataclass
+class External:
+    """An external labelled set, prepared with one variant's prepare params (no split: all scored)."""
+
+    name: str
+    key: str
+    images: np.ndarray
+    index: pd.DataFrame
+    summary: dict[str, Any]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.index["label"].to_numpy().astype(np.int64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        from melanoma.evaluate.external_set import external_groups
+
+        return external_groups(self.index)
+
+
+def load_external(ext_dir: Path, params: Params, cache: Path) -> External:
+    """Import the folder with the project's folder source (class folders, or ISIC JSON sidecars of
+    API v1/v2: ``meta.clinical.benign_malignant``/``diagnosis``) and prepare it exactly as the
+    training set is prepared (the variant's ``prepare.*``), cached per prepare-params key."""
+    key = digest({"external": str(ext_dir), "prepare": dataclasses.asdict(params.prepare)})
+    where = cache / f"external-{key}"
+    if not (where / "prepared" / "index.csv").is_file():
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="bench_quality_ext_") as tmp:
+            ingest = import_folder(Path(tmp) / "raw", FolderParams(path=str(ext_dir)), params.base.seed)
+            staging = Path(tmp) / "prepared"
+            report = prepare(Path(tmp) / "raw", staging, params.prepare)
+            where.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(where / "prepared", ignore_errors=True)
+            shutil.copytree(staging, where / "prepared")
+        summary = {
+            "n_files": ingest["n_image_files"],
+            "n_kept": report["n_kept"],
+            "n_malignant": report["n_melanoma"],
+            "n_duplicates": report["n_duplicates"],
+            "n_corrupt": report["n_corrupt"],
+            "prepare_seconds": round(time.perf_counter() - t0, 1),
+        }
+        (where / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = json.loads((where / "summary.json").read_text())
+    images, index = load_prepared(where / "prepared")
+    return External(ext_dir.name, key, np.asarray(images), index.reset_index(drop=True), summary)
+
+
+def external_probabilities(where: Path, ext: External) -> np.ndarray:
+    """The saved variant's P(melanoma) on the external images (cached beside the model)."""
+    cached = where / f"external-{ext.key}.npy"
+    if cached.is_file():
+        return np.load(cached)
+    from melanoma.models import load_model
+
+    model = load_model(where / "model")
+    p = np.asarray(model.predict_proba(ext.images), dtype=np.float64)
+    np.save(cached, p)
+    return p
+
+
 def variant_dir(cache: Path, v: Variant, params: Params) -> Path:
     """The cache folder of a trained variant: keyed by the params its training reads (only)."""
     sections = ["base", "prepare", "split", v.model] + (["train"] if v.model != "baseline" else [])
@@ -237,8 +319,8 @@ def train_variant(v: Variant, data: Data, params: Params, where: Path) -> dict[s
     train_seconds = time.perf_counter() - t0
     history = info.pop("history", None)
     t1 = time.perf_counter()
-    p_val = model.predict_proba(x_val).astype(np.float64)
-    p_test = model.predict_proba(x_te).astype(np.float64)
+    p_val = np.asarray(model.predict_proba(x_val), dtype=np.float64)
+    p_test = np.asarray(model.predict_proba(x_te), dtype=np.float64)
     predict_seconds = time.perf_counter() - t1
     shutil.rmtree(where, ignore_errors=True)
     (where / "model").mkdir(parents=True)
@@ -298,11 +380,17 @@ def score(
 
 
 def paired_difference(
-    p_a: np.ndarray, p_b: np.ndarray, data: Data, params: Params
+    p_a: np.ndarray,
+    p_b: np.ndarray,
+    data: Data,
+    params: Params,
+    y: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
-    """AUC(a) - AUC(b) on the same test images, with a paired grouped bootstrap CI."""
-    y_te = data.split("test")[1]
-    groups = data.frames["test"]["group"].astype(str).to_numpy()
+    """AUC(a) - AUC(b) on the same images (the test split, or ``y``/``groups`` given), paired CI."""
+    y_te = data.split("test")[1] if y is None else y
+    if groups is None:
+        groups = data.frames["test"]["group"].astype(str).to_numpy()
     pair = np.stack([p_a, p_b], axis=1)
     lo, hi = grouped_bootstrap_ci(
         y_te, pair, groups, _auc_difference, params.evaluate.bootstrap, params.evaluate.ci, params.base.seed
@@ -411,6 +499,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation scores")
     ap.add_argument(
+        "--external",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="an external labelled folder (class folders or ISIC JSON sidecars) every variant is scored "
+        "on, at its own validation threshold, with paired differences vs its reference (vs=)",
+    )
+    ap.add_argument(
         "--params", type=Path, default=None, help="a params.yaml to start from (default: code defaults)"
     )
     ap.add_argument("--epochs", type=int, default=None, help="cap train.epochs (the deep models) for time")
@@ -438,6 +534,15 @@ def main(argv: list[str] | None = None) -> int:
         variants = [Variant.parse(t) for t in PLANS["default"]]
     if len({v.label for v in variants}) != len(variants):
         ap.error("variant labels must be distinct")
+    for i, v in enumerate(variants):
+        if v.ref is not None and v.ref not in {w.label for w in variants[:i]}:
+            ap.error(f"variant {v.label}: vs={v.ref} must name a variant listed before it")
+    ext_dir = None
+    if args.external is not None:
+        ext_dir = args.external if args.external.is_absolute() else Path.cwd() / args.external
+        if not ext_dir.is_dir():
+            ap.error(f"--external {args.external}: folder not found")
+        ext_dir = ext_dir.resolve()
     common = list(args.set)
     if args.epochs is not None:
         common.append(f"train.epochs={args.epochs}")
@@ -457,10 +562,43 @@ def main(argv: list[str] | None = None) -> int:
     probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     dirs: dict[str, Path] = {}
     calib: list[dict[str, Any]] = []
+    ext_probs: dict[str, np.ndarray] = {}
+    exts: dict[str, External] = {}
+    paired_ok: dict[str, bool] = {}
+
+    def write_outputs(final: bool) -> None:
+        """JSON and Markdown after every variant, so a run cut short still leaves its rows."""
+        table = markdown_table(rows, calib, reference, base, baseline_label(), exts, variants)
+        if final:
+            print("\n" + table)
+        if args.markdown:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(table)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            out = {
+                "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]) if argv is None else argv,
+                "complete": final,
+                "data": str(data_dir),
+                "data_summary": reference.summary,
+                "external": str(ext_dir) if ext_dir else None,
+                "external_summary": {k: e.summary for k, e in exts.items()},
+                "params": dataclasses.asdict(base),
+                "variants": [dataclasses.asdict(v) for v in variants],
+                "rows": rows,
+                "calibration": calib,
+                "seconds": time.perf_counter() - t_start,
+            }
+            args.json.write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
+
+    def baseline_label() -> str | None:
+        return next((v.label for v in variants if v.model == "baseline" and v.label in rows), None)
+
     for v in variants:
         params = apply_overrides(base, v.overrides)
         data = load_data(data_dir, params, args.cache)
-        if data.test_ids() != reference.test_ids():
+        paired_ok[v.label] = data.test_ids() == reference.test_ids()
+        if not paired_ok[v.label]:
             print(
                 f"   {v.label}: its prepare/split params give other test images; not paired with the others"
             )
@@ -470,8 +608,52 @@ def main(argv: list[str] | None = None) -> int:
         p_val, p_test = np.asarray(r["p_val"]), np.asarray(r["p_test"])
         cost = {k: r[k] for k in ("train_seconds", "epochs_run", "best_epoch", "n_params", "overrides")}
         cost["candidate"] = r["info"].get("candidate")
+        cost["ref"] = v.ref
         rows[v.label] = score(v.label, p_val, p_test, data, params, cost)
         probs[v.label], dirs[v.label] = (p_val, p_test), where / "model"
+        row = rows[v.label]
+        if ext_dir is not None:
+            ext = load_external(ext_dir, params, args.cache)
+            exts.setdefault(ext.key, ext)
+            t0 = time.perf_counter()
+            p_ext = external_probabilities(where, ext)
+            ext_probs[v.label] = p_ext
+            threshold = choose_threshold(data.split("val")[1], p_val, params.train.target_sensitivity)
+            row["threshold"] = threshold
+            row["external"] = score_metrics(
+                ext.y, p_ext, ext.groups, threshold, params.evaluate, params.base.seed
+            )
+            row["external"]["key"] = ext.key
+            row["external"]["n"] = len(ext.y)
+            row["external"]["n_malignant"] = int(ext.y.sum())
+            row["external_ids"] = ext.index["isic_id"].astype(str).tolist()
+            row["p_external"] = p_ext.tolist()
+            print(
+                f"   external ({ext.summary['n_kept']} images, {ext.summary['n_malignant']} malignant): "
+                f"ROC AUC {row['external']['roc_auc']:.4f} [{row['external']['roc_auc_ci_low']:.4f}, "
+                f"{row['external']['roc_auc_ci_high']:.4f}], sens {row['external']['sensitivity']:.2f} "
+                f"spec {row['external']['specificity']:.2f} at the val threshold {threshold:.3f} "
+                f"({time.perf_counter() - t0:.0f}s)"
+            )
+        if v.ref is not None:
+            if paired_ok[v.label] and paired_ok[v.ref]:
+                d, lo, hi = paired_difference(p_test, probs[v.ref][1], reference, base)
+                row["minus_ref"] = {"ref": v.ref, "diff": d, "ci_low": lo, "ci_high": hi}
+            if ext_dir is not None:
+                ref_ids = rows[v.ref].get("external_ids")
+                if ref_ids == row["external_ids"]:
+                    ext = exts[row["external"]["key"]]
+                    d, lo, hi = paired_difference(
+                        ext_probs[v.label], ext_probs[v.ref], reference, base, ext.y, ext.groups
+                    )
+                    row["external_minus_ref"] = {"ref": v.ref, "diff": d, "ci_low": lo, "ci_high": hi}
+            for key, name in (("minus_ref", "test"), ("external_minus_ref", "external")):
+                if key in row:
+                    m = row[key]
+                    print(
+                        f"   {name} ROC AUC - {v.ref}: {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
+                        f"{m['ci_high']:+.4f}] (paired)"
+                    )
         calib += calibration_rows(
             v.label, p_val, p_test, data, params.evaluate.calibration_bins, params.base.seed
         )
@@ -483,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             probs[label] = (tv, tt)
             print(f"   tta scored in {time.perf_counter() - t0:.0f}s")
         _print_row(rows[v.label])
+        write_outputs(final=False)
     for spec in args.ensemble:
         names, _, method = spec.partition(":")
         members = names.split("+")
@@ -503,31 +686,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   combined in {time.perf_counter() - t0:.0f}s")
         _print_row(rows[label])
 
-    baseline = next((v.label for v in variants if v.model == "baseline"), None)
+    baseline = baseline_label()
     if baseline is not None:
         for label, row in rows.items():
-            if label != baseline:
+            if label != baseline and paired_ok.get(label.split("+tta")[0], True):
                 d, lo, hi = paired_difference(probs[label][1], probs[baseline][1], reference, base)
                 row["minus_baseline"] = {"diff": d, "ci_low": lo, "ci_high": hi}
-    table = markdown_table(rows, calib, reference, base, baseline)
-    print("\n" + table)
-    seconds = time.perf_counter() - t_start
-    print(f"({seconds:.0f}s in all)")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        out = {
-            "data": str(data_dir),
-            "data_summary": reference.summary,
-            "params": dataclasses.asdict(base),
-            "rows": rows,
-            "calibration": calib,
-            "seconds": seconds,
-        }
-        args.json.write_text(json.dumps(out, indent=2, default=_jsonable) + "\n")
-        print(f"wrote {args.json}")
+    write_outputs(final=True)
+    print(f"({time.perf_counter() - t_start:.0f}s in all)")
+    for out in (args.json, args.markdown):
+        if out:
+            print(f"wrote {out}")
     return 0
 
 
@@ -545,11 +714,15 @@ def markdown_table(
     data: Data,
     params: Params,
     baseline: str | None,
+    exts: dict[str, External] | None = None,
+    variants: list[Variant] | None = None,
 ) -> str:
-    """The README's quality table: one row per variant, paired difference to the baseline."""
+    """The README's quality table: one row per variant, paired difference to the baseline; with an
+    external set, first the generalisation-gap table (paired differences vs each variant's ``vs=``)."""
     ci = round(100 * params.evaluate.ci)
     n_test = len(data.frames["test"])
-    lines = [
+    lines = gap_table(rows, data, params, exts or {}, variants or []) if exts else []
+    lines += [
         f"Test split: {n_test} images ({int(data.frames['test']['label'].sum())} malignant); thresholds, "
         f"calibration and ensemble weights fitted on validation ({len(data.frames['val'])} images); "
         f"{ci}% CIs from {params.evaluate.bootstrap} bootstrap resamples (paired for the difference).",
@@ -582,6 +755,53 @@ def markdown_table(
             f"| {c['ece']:.3f} | {c['brier']:.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def gap_table(
+    rows: dict[str, dict[str, Any]],
+    data: Data,
+    params: Params,
+    exts: dict[str, External],
+    variants: list[Variant],
+) -> list[str]:
+    """Internal test vs external set, per variant, with paired differences vs its reference."""
+    ci = round(100 * params.evaluate.ci)
+    ext = next(iter(exts.values()))
+    lines = [
+        f"Internal test: {len(data.frames['test'])} images ({int(data.frames['test']['label'].sum())} "
+        f"malignant) of the training set's source; external: {ext.name}, {ext.summary['n_kept']} images "
+        f"({ext.summary['n_malignant']} malignant), prepared with each variant's own prepare params. "
+        f"Threshold chosen on validation ({len(data.frames['val'])} images) for train.target_sensitivity "
+        f"{params.train.target_sensitivity}; {ci}% CIs from {params.evaluate.bootstrap} bootstrap resamples; "
+        "Δ = variant − its reference on the same images (paired bootstrap).",
+        "",
+        f"| variant | vs | val AUC | internal test AUC [{ci}% CI] | external AUC [{ci}% CI] "
+        "| external sens / spec | Δ internal [paired CI] | Δ external [paired CI] | train time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def diff(m: dict[str, float] | None) -> str:
+        return "—" if m is None else f"{m['diff']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
+
+    for v in variants:
+        row = rows.get(v.label)
+        if row is None:
+            continue
+        t, e = row["test"], row.get("external")
+        shown_e = (
+            "—"
+            if e is None
+            else f"{e['roc_auc']:.3f} [{e['roc_auc_ci_low']:.3f}, {e['roc_auc_ci_high']:.3f}]"
+        )
+        ss = "—" if e is None else f"{e['sensitivity']:.2f} / {e['specificity']:.2f}"
+        epochs = f", {row['epochs_run']} ep" if row.get("epochs_run") else ""
+        lines.append(
+            f"| {v.label} | {v.ref or '—'} | {row['val_roc_auc']:.3f} | {t['roc_auc']:.3f} "
+            f"[{t['roc_auc_ci_low']:.3f}, {t['roc_auc_ci_high']:.3f}] | {shown_e} | {ss} "
+            f"| {diff(row.get('minus_ref'))} | {diff(row.get('external_minus_ref'))} "
+            f"| {row['train_seconds']:.0f} s{epochs} |"
+        )
+    return lines + [""]
 
 
 def _auc_difference(y: np.ndarray, pair: np.ndarray) -> float:
