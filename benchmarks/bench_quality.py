@@ -198,11 +198,20 @@ def load_data(data_dir: Path, params: Params, cache: Path) -> Data:
             "seed": params.base.seed,
         }
     )
-    where = cache / f"data-{key}"
+    images, index, summary = imported_and_prepared(data_dir, params, cache / f"data-{key}")
+    frames = split_frame(index, params.split, params.base.seed)
+    return Data(np.asarray(images), frames, summary)
+
+
+def imported_and_prepared(
+    folder: Path, params: Params, where: Path
+) -> tuple[Any, pd.DataFrame, dict[str, Any]]:
+    """``folder`` through the project's folder import and prepare, cached in ``where``:
+    (the memory-mapped images, the index, a summary of the import and the cleaning)."""
     if not (where / "prepared" / "index.csv").is_file():
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-            ingest = import_folder(Path(tmp) / "raw", FolderParams(path=str(data_dir)), params.base.seed)
+            ingest = import_folder(Path(tmp) / "raw", FolderParams(path=str(folder)), params.base.seed)
             staging = Path(tmp) / "prepared"
             report = prepare(Path(tmp) / "raw", staging, params.prepare)
             where.mkdir(parents=True, exist_ok=True)
@@ -217,10 +226,8 @@ def load_data(data_dir: Path, params: Params, cache: Path) -> Data:
             "prepare_seconds": round(time.perf_counter() - t0, 1),
         }
         (where / "summary.json").write_text(json.dumps(summary, indent=2))
-    summary = json.loads((where / "summary.json").read_text())
     images, index = load_prepared(where / "prepared")
-    frames = split_frame(index, params.split, params.base.seed)
-    return Data(np.asarray(images), frames, summary)
+    return images, index, json.loads((where / "summary.json").read_text())
 
 
 @dataclasses.dataclass
@@ -249,27 +256,7 @@ def load_external(ext_dir: Path, params: Params, cache: Path) -> External:
     API v1/v2: ``meta.clinical.benign_malignant``/``diagnosis``) and prepare it exactly as the
     training set is prepared (the variant's ``prepare.*``), cached per prepare-params key."""
     key = digest({"external": str(ext_dir), "prepare": dataclasses.asdict(params.prepare)})
-    where = cache / f"external-{key}"
-    if not (where / "prepared" / "index.csv").is_file():
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="bench_quality_ext_") as tmp:
-            ingest = import_folder(Path(tmp) / "raw", FolderParams(path=str(ext_dir)), params.base.seed)
-            staging = Path(tmp) / "prepared"
-            report = prepare(Path(tmp) / "raw", staging, params.prepare)
-            where.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(where / "prepared", ignore_errors=True)
-            shutil.copytree(staging, where / "prepared")
-        summary = {
-            "n_files": ingest["n_image_files"],
-            "n_kept": report["n_kept"],
-            "n_malignant": report["n_melanoma"],
-            "n_duplicates": report["n_duplicates"],
-            "n_corrupt": report["n_corrupt"],
-            "prepare_seconds": round(time.perf_counter() - t0, 1),
-        }
-        (where / "summary.json").write_text(json.dumps(summary, indent=2))
-    summary = json.loads((where / "summary.json").read_text())
-    images, index = load_prepared(where / "prepared")
+    images, index, summary = imported_and_prepared(ext_dir, params, cache / f"external-{key}")
     return External(ext_dir.name, key, np.asarray(images), index.reset_index(drop=True), summary)
 
 
