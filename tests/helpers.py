@@ -6,8 +6,12 @@ folder: a conftest.py in a subfolder would shadow the top one under the name ``c
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import io
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 from PIL import Image
@@ -118,3 +122,34 @@ def save_local_pyfunc(model_dir: Path, dest: Path) -> None:
         signature=image_signature(),
         pip_requirements=["mlflow"],  # skips requirement inference (a slow subprocess)
     )
+
+
+def asgi_request(
+    app: Any, method: str, path: str, body: bytes = b"", content_type: str = "", query: dict | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request through the ASGI interface: status, headers, body."""
+    headers = [(b"content-length", str(len(body)).encode())]
+    if content_type:
+        headers.append((b"content-type", content_type.encode()))
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(),
+        "query_string": urlencode(query or {}).encode(), "headers": headers,
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    # a thread of its own: asyncio.run refuses to nest in a loop an earlier test left running
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    out_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], out_headers, payload

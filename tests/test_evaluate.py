@@ -152,6 +152,7 @@ def test_the_external_set_is_scored_beside_the_test_split(trained, external: Pat
         filter_string="tags.stage = 'train@baseline'",
     )
     assert logged.data.metrics["external_roc_auc"] == pytest.approx(ext["roc_auc"], abs=1e-6)
+    assert logged.data.tags["external_name"] == ext["name"]  # the app names the set beside its figures
     assert logged.data.metrics["external_roc_auc_ci_low"] == pytest.approx(ext["roc_auc_ci_low"], abs=1e-6)
     assert logged.data.metrics["test_roc_auc"] == pytest.approx(result["test"]["roc_auc"], abs=1e-6)
 

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # Tag on a training run: the content hash of the model folder it wrote (contracts.model_fingerprint).
 FINGERPRINT_TAG = "model_fingerprint"
+# The external set's name on the training run (evaluate sets it; a metric cannot hold text): the app
+# names the set beside its figures.
+EXTERNAL_NAME_TAG = "external_name"
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ class Server:
 
 
 # the line `melanoma serve` logs once its socket is bound, with the port it got
-BOUND = re.compile(r"serve: .* on http://127\.0\.0\.1:(\d+)\s*$", re.MULTILINE)
+BOUND = re.compile(r"serve: .* on http://\S+:(\d+)\s*$", re.MULTILINE)
+TOKEN_ENV = "MELANOMA_SERVE_TOKEN"
 
 
 def bound_port(proc: subprocess.Popen, log: Path, timeout: float) -> int:
@@ -82,33 +83,53 @@ def bound_port(proc: subprocess.Popen, log: Path, timeout: float) -> int:
     raise RuntimeError(f"serve logged no bound port in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-@contextlib.contextmanager
-def serve(root: Path, registry: Registry, serve_params: dict, timeout: float = 240) -> Iterator[Server]:
-    """`melanoma serve --port 0` over ``registry`` (it binds a free loopback port and logs which), with
-    ``serve_params`` overriding params.yaml."""
+def serve_params_file(root: Path, serve_params: dict | None = None) -> Path:
+    """``root``/params.yaml: the repository's, naming the test registry's model, ``serve`` overridden."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["mlflow"]["registered_model"] = MODEL
-    params["serve"].update(serve_params)
+    params["serve"].update(serve_params or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": registry.uri,
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    env.pop("DVC_ROOT", None)
-    cmd = [sys.executable, "-m", "melanoma", "--params", str(root / "params.yaml"), "serve", "--port", "0"]
+    return root / "params.yaml"
+
+
+def serve_env(registry_uri: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A test server's environment: no telemetry, none of the test run's own DVC root or serve token."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", TOKEN_ENV)}
+    env.update({"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    if registry_uri is not None:
+        env["MLFLOW_TRACKING_URI"] = registry_uri
+    return {**env, **(extra or {})}
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], env: dict[str, str], root: Path, timeout: float = 240) -> Iterator[Server]:
+    """Run a `melanoma serve --port 0 ...` command from ``root`` until /health answers through
+    127.0.0.1 (whatever interface it bound); stopped afterwards."""
     fd, name = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=root)
     log = Path(name)
     with os.fdopen(fd, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
     try:
-        started = time.monotonic()
+        begun = time.monotonic()
         url = f"http://127.0.0.1:{bound_port(proc, log, timeout)}"
-        wait_http(f"{url}/health", proc, timeout - (time.monotonic() - started), log)
+        wait_http(f"{url}/health", proc, timeout - (time.monotonic() - begun), log)
         yield Server(url, proc, log)
     finally:
         stop_process(proc, 20)
+
+
+def serve_cmd(params_file: Path, *args: str) -> list[str]:
+    """`melanoma --params FILE serve --port 0 ARGS`."""
+    return [sys.executable, "-m", "melanoma", "--params", str(params_file), "serve", "--port", "0", *args]
+
+
+@contextlib.contextmanager
+def serve(root: Path, registry: Registry, serve_params: dict, timeout: float = 240) -> Iterator[Server]:
+    """`melanoma serve --port 0` over ``registry`` (it binds a free loopback port and logs which), with
+    ``serve_params`` overriding params.yaml."""
+    cmd = serve_cmd(serve_params_file(root, serve_params))
+    with started(cmd, serve_env(registry.uri), root, timeout) as server:
+        yield server
 
 
 def sample_jpeg(seed: int = 0, melanoma: bool = True, w: int = 160, h: int = 120) -> bytes:

@@ -36,6 +36,8 @@ from integration.app_support import (
     serve,
     wait_for,
 )
+from integration.test_app_page import expected_summary
+from melanoma.serve.provenance import SYNTHETIC_WARNING
 
 if TYPE_CHECKING:
     from integration.conftest import LoopbackBrowser
@@ -166,6 +168,102 @@ def test_health_model_predict_and_batch_over_http(server: Server, registry: Regi
     assert {"/predict", "/predict/batch", "/health", "/model"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert requests.get(f"{server.url}/docs", timeout=30).status_code == 200
+
+
+def version_record(registry: Registry, name: str) -> tuple[dict[str, str], str, dict[str, str]]:
+    """(tags, run id, run tags) of ``name``'s registry version, read from the registry itself."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=registry.uri, registry_uri=registry.uri)
+    mv = client.get_model_version(MODEL, registry.versions[name])
+    return dict(mv.tags), str(mv.run_id), dict(client.get_run(mv.run_id).data.tags)
+
+
+def test_model_says_it_learnt_from_generated_images_and_its_scores_in_words(
+    server: Server, registry: Registry
+) -> None:
+    """Issue 20: the tiny pipeline's champion was trained on the synthetic sample: /model says so (its
+    model.json's trained_on), every answer warns, and its scores are sentences whose numbers are
+    evaluate's (reports/metrics/<name>.json, recomputed here), with the version's lineage."""
+    champ, pipeline = registry.champion, registry.pipeline
+    model_json = pipeline.model_json(champ)
+    info = requests.get(f"{server.url}/model", timeout=30).json()
+    assert info["trained_on"] == model_json["trained_on"]
+    assert info["trained_on"]["source"] == "synthetic" and info["trained_on"]["synthetic"] is True
+    assert "generated images" in info["trained_on"]["name"]
+    assert info["trained_on"]["n_train"] == model_json["n_train"] > 0
+    assert info["warnings"] == [SYNTHETIC_WARNING]
+
+    tags, run_id, run_tags = version_record(registry, champ)
+    assert info["version"] == registry.versions[champ]
+    assert info["lineage"]["run_id"] == run_id
+    assert info["lineage"]["git_commit"] == tags["git_commit"] and len(tags["git_commit"]) == 40
+    assert info["data_hashes"] == model_json["data"]
+
+    columns = model_json["metadata_columns"]
+    assert info["metadata"]["columns"] == columns
+    # the MLflow run holds every block as numbers; the external set's name is text: named only where
+    # the run carries it as a tag
+    named = bool(run_tags.get("external_name"))
+    assert info["summary"] == expected_summary(pipeline.metrics(champ), columns, external_named=named)
+    assert any(s.startswith("On the external set") for s in info["summary"])
+
+    image = sample_jpeg(seed=12)
+    one = post_image(server.url, image, explain="true").json()
+    assert one["warnings"][0] == SYNTHETIC_WARNING  # first; a missing-metadata warning may follow
+    files = [("files", (f"{i}.jpg", sample_jpeg(seed=13 + i), "image/jpeg")) for i in range(2)]
+    batch = requests.post(f"{server.url}/predict/batch", files=files, params={"explain": "true"}, timeout=60)
+    assert batch.status_code == 200, batch.text
+    body = batch.json()
+    assert body["warnings"][0] == SYNTHETIC_WARNING
+    for r in body["results"]:
+        assert r["explanation"]["kind"] == info["explanation"] == one["explanation"]["kind"]
+        heat = Image.open(io.BytesIO(__import__("base64").b64decode(r["explanation"]["image_png_b64"])))
+        assert heat.format == "PNG" and heat.size == (256, 256)
+
+
+def test_page_banner_summary_and_a_batch_table_with_heat_maps_in_chromium(
+    server: Server, registry: Registry, browser: LoopbackBrowser, tmp_path: Path
+) -> None:
+    images = []
+    for i in range(2):
+        images.append(tmp_path / f"lesion-{i}.jpg")
+        images[-1].write_bytes(sample_jpeg(seed=30 + i, melanoma=bool(i), w=400, h=300))
+    info = requests.get(f"{server.url}/model", timeout=30).json()
+    with browser.open(f"{server.url}/") as view:
+        page = view.page
+        page.locator("#banner").filter(has_text="Trained on generated images").wait_for()
+        banner = page.inner_text("#banner")
+        trained_on = page.inner_text("#trained-on")
+        summary = page.locator("#metric-summary li").all_inner_texts()
+        patient_visible = page.locator("#patient").is_visible()
+        page.set_input_files("#file", [str(p) for p in images])
+        page.locator(".batch-row img.heat").nth(1).wait_for()
+        rows = page.locator(".batch-row")
+        table = [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())]
+        widths = page.locator(".batch-row img.heat").evaluate_all(
+            "imgs => Promise.all(imgs.map((i) => i.decode().then(() => i.naturalWidth)))"
+        )
+        warnings = page.inner_text("#warnings")
+        view.screenshot(tmp_path, "app-page-batch")
+        assert view.outside_loopback(view.requests) == [] and view.blocked == []
+        assert view.console_errors == []
+    assert banner.strip() == SYNTHETIC_WARNING
+    assert trained_on == info["trained_on"]["name"]
+    assert summary == [f"{s}." for s in info["summary"]]
+    assert patient_visible == bool(info["metadata"]["columns"])
+    assert widths == [256, 256]
+    assert SYNTHETIC_WARNING in warnings
+    # each row is the API's answer for that file
+    api = requests.post(
+        f"{server.url}/predict/batch",
+        files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images],
+        timeout=60,
+    ).json()["results"]
+    assert [row[0] for row in table] == [p.name for p in images] == [r["filename"] for r in api]
+    for row, r in zip(table, api, strict=True):
+        assert float(row[1].split()[0]) == pytest.approx(100 * r["probability"], abs=0.051)
+        assert row[2] == r["label"]
 
 
 def huge_png() -> bytes:

@@ -6,17 +6,14 @@ FastAPI app over a real baseline folder trained on metadata.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 from typing import Any
-from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import jpeg_bytes, lesion_image
+from helpers import asgi_request, jpeg_bytes, lesion_image
 from melanoma.config import BaselineParams
 from melanoma.contracts import write_model_json
 from melanoma.images import load_resized
@@ -70,34 +67,7 @@ def call(
     app: Any, path: str, body: bytes, content_type: str, query: dict[str, str] | None = None
 ) -> tuple[int, Any]:
     """One POST through the ASGI interface; the status and the decoded JSON answer."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": urlencode(query or {}).encode(),
-        "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    sent: list[dict[str, Any]] = []
-    chunks = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    # In a thread of its own: a test that ran before (Playwright's sync API) may have left an event
-    # loop running in this thread, and asyncio.run refuses to nest.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, app(scope, receive, send)).result()
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    status, _, payload = asgi_request(app, "POST", path, body, content_type, query)
     return status, json.loads(payload)
 
 

@@ -122,13 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("serve", help="the app: the champion (or --model-dir) in a web page and a JSON API")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default: loopback only; any other needs a token or --insecure)")  # fmt: skip
     p.add_argument("--port", type=int, default=8000, help="default 8000; 0: a free one, logged as bound")
     p.add_argument(
         "--model-dir", type=Path, default=None, help="serve this model folder instead of the registry"
     )
     p.add_argument("--metrics", type=Path, default=None,
                    help="with --model-dir: its metrics JSON (default reports/metrics/<folder name>.json)")  # fmt: skip
+    p.add_argument("--token-file", type=Path, default=None,
+                   help="require this bearer token (the file's first line; mode 0600) on every request but "
+                        "the page, /health and /docs; or set $MELANOMA_SERVE_TOKEN")  # fmt: skip
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without a token: anyone who reaches it can use the API")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("remote", help="check that the DVC remote is reachable with these credentials")

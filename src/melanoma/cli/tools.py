@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from melanoma.cli.common import METRICS_DIR, log, tracking
@@ -30,11 +32,79 @@ def cmd_registry(params: Params, args: argparse.Namespace) -> None:
         print(json.dumps(rollback(name, uri, args.reason), sort_keys=True))
 
 
+TOKEN_ENV = "MELANOMA_SERVE_TOKEN"
+TOKEN_HOW = f"set ${TOKEN_ENV} or pass --token-file PATH (a file only you can read)"
+
+
+def read_token_file(path: Path) -> str:
+    """The first line of ``path``, refused unless the file is private to its owner (mode 0600 or 0400):
+    a token others on the machine can read protects nothing."""
+    from melanoma.serve.auth import check_token
+
+    if not path.exists():
+        raise MelanomaError(f"--token-file {path}: no such file")
+    if not path.is_file():
+        raise MelanomaError(f"--token-file {path}: not a regular file")
+    with path.open(encoding="utf-8") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)  # of the file read, not of a path swapped since
+        if mode & 0o077:
+            raise MelanomaError(
+                f"--token-file {path}: mode {mode:04o} lets group or others read it; a token file must "
+                f"be private to its owner (mode 0600): chmod 600 {path}"
+            )
+        token = f.readline().strip()
+    if not token:
+        raise MelanomaError(f"--token-file {path}: the first line is empty (it must hold the token)")
+    try:
+        return check_token(token)
+    except MelanomaError as exc:
+        raise MelanomaError(f"--token-file {path}: {exc}") from None
+
+
+def serve_token(token_file: Path | None, environ: Mapping[str, str]) -> str | None:
+    """The app's bearer token: ``$MELANOMA_SERVE_TOKEN`` or ``--token-file``, never params.yaml (it is in
+    git). None when neither is given."""
+    from melanoma.serve.auth import check_token
+
+    from_env = environ.get(TOKEN_ENV)
+    if from_env is not None and token_file is not None:
+        raise MelanomaError(f"both ${TOKEN_ENV} and --token-file are given: use one of them")
+    if token_file is not None:
+        return read_token_file(token_file)
+    if from_env is None:
+        return None
+    if not from_env.strip():
+        raise MelanomaError(f"${TOKEN_ENV} is set but empty: set the token, or unset it")
+    try:
+        return check_token(from_env.strip())
+    except MelanomaError as exc:
+        raise MelanomaError(f"${TOKEN_ENV}: {exc}") from None
+
+
+def check_exposure(host: str, token: str | None, insecure: bool) -> None:
+    """Refuse to serve an unauthenticated app beyond loopback, unless ``--insecure`` accepts the risk."""
+    from melanoma.serve.auth import is_loopback_host
+
+    if token is not None or is_loopback_host(host):
+        return
+    if not insecure:
+        raise MelanomaError(
+            f"refusing to serve on --host {host} without a token: anyone who can reach that address "
+            f"could use the model and its upload parser. {TOKEN_HOW}; or pass --insecure to accept "
+            "the risk (or bind 127.0.0.1)"
+        )
+    log.warning("serve: --insecure: %s is not loopback and there is no token: anyone who can reach it "
+                "can use the API", host)  # fmt: skip
+
+
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     import uvicorn
 
     from melanoma.serve import Limits, ModelHolder, create_app, load_folder, registry_holder
 
+    # Before the model loads: a refused start costs nothing and binds nothing.
+    token = serve_token(args.token_file, os.environ)
+    check_exposure(args.host, token, args.insecure)
     if args.model_dir is not None:
         metrics = args.metrics or METRICS_DIR / f"{args.model_dir.resolve().name}.json"
         holder = ModelHolder(load_folder(args.model_dir, metrics if metrics.is_file() else None))
@@ -49,8 +119,15 @@ def cmd_serve(params: Params, args: argparse.Namespace) -> None:
         max_batch=params.serve.max_batch,
     )
     config = uvicorn.Config(
-        create_app(holder, limits, poll), host=args.host, port=args.port, log_level="warning"
+        # reports_dir: the report and model card next to the served repository (run from its root)
+        create_app(holder, limits, poll, token=token, reports_dir=METRICS_DIR.parent),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
     )
+    if token is not None:
+        log.info("serve: bearer token required on all but the page, /health and /docs (%s)",
+                 "--token-file" if args.token_file else f"${TOKEN_ENV}")  # fmt: skip
     sock = config.bind_socket()  # bound before the line below, which names the port (--port 0 included)
     log.info("serve: %s (%s, threshold %.4f) on http://%s:%d", served.source, served.name,
              served.threshold, args.host, sock.getsockname()[1])  # fmt: skip

@@ -30,7 +30,7 @@ from melanoma.evaluate.to_mlflow import log_to_training_run
 from melanoma.metadata import metadata_rows
 from melanoma.models import load_model, metadata_columns
 from melanoma.models.calibration import raw_and_calibrated
-from melanoma.tracking import Tracking
+from melanoma.tracking import EXTERNAL_NAME_TAG, Tracking
 
 __all__ = [
     "ExternalScore",
@@ -138,5 +138,6 @@ def evaluate_model(
     if tracking is not None:
         extra = {} if external is None else external.mlflow_metrics()
         extra.update({f"test_images_only_{k}": v for k, v in result.get("test_images_only", {}).items()})
-        log_to_training_run(tracking, model_fingerprint(model_dir), metrics, plots_dir, extra)
+        tags = {} if external is None else {EXTERNAL_NAME_TAG: str(external.metrics["name"])}
+        log_to_training_run(tracking, model_fingerprint(model_dir), metrics, plots_dir, extra, tags)
     return result

@@ -21,10 +21,13 @@ def log_to_training_run(
     metrics: dict[str, Any],
     plots_dir: Path,
     extra: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
-    """Add test metrics (as ``test_<key>``), ``extra`` metrics (named as given) and plots to the training run.
+    """Add test metrics (as ``test_<key>``), ``extra`` metrics (named as given), ``tags`` and plots to
+    the training run.
 
-    Only finite numbers are logged (names, sources and NaN metrics are left out).
+    Only finite numbers are logged as metrics (names and sources go in ``tags``: e.g. the external
+    set's name, which the app shows beside its figures).
     """
     import mlflow
 
@@ -52,6 +55,8 @@ def log_to_training_run(
             if _finite(v)
         ],
     )
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     client.log_artifacts(run_id, str(plots_dir), artifact_path="evaluation")
 
 

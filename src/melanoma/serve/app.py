@@ -9,15 +9,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from melanoma.models import metadata_columns
+from melanoma.serve.auth import PUBLIC_PATHS, BearerAuth
+from melanoma.serve.docs import declare_bearer, mount_docs
 from melanoma.serve.holder import ModelHolder, Served
 from melanoma.serve.intake import (
     METADATA_FIELDS,
@@ -56,6 +59,10 @@ _SINGLE_BODY = {
         },
     }
 }
+# The pipeline's documents the page links to: route -> its file in the reports folder (report stage).
+DOCUMENTS = {"/report": "README.md", "/model-card": "model_card.md"}
+# Markdown shown as plain text: nothing in it can run or load anything.
+DOCUMENT_CSP = "default-src 'none'; sandbox"
 _BATCH_BODY = {
     "requestBody": {
         "required": True,
@@ -122,6 +129,39 @@ def result(served: Served, prob: float) -> dict[str, Any]:
     }
 
 
+def answer_warnings(served: Served, metadata: pd.DataFrame | None) -> list[str]:
+    """Every warning an answer carries: the model's own (trained on generated images), then the
+    missing-metadata one for this request."""
+    missing = missing_metadata_warning(served, metadata)
+    return [*served.warnings, *([missing] if missing else [])]
+
+
+def document_links(reports_dir: Path | None) -> dict[str, str | None]:
+    """``{"report": "/report", "model_card": "/model-card"}``, None for a document not written (yet)."""
+    return {
+        route.strip("/").replace("-", "_"): route
+        if reports_dir is not None and (reports_dir / name).is_file()
+        else None
+        for route, name in DOCUMENTS.items()
+    }
+
+
+def document(reports_dir: Path | None, route: str) -> PlainTextResponse:
+    """The report stage's Markdown file behind ``route``, as text; 404 saying how to make it."""
+    name = DOCUMENTS[route]
+    path = None if reports_dir is None else reports_dir / name
+    if path is None or not path.is_file():
+        where = "no reports folder was given to the app" if path is None else f"{path} does not exist"
+        raise IntakeError(
+            404, f"{where}: run the pipeline's report stage (dvc repro) in the served repository"
+        )
+    return PlainTextResponse(
+        path.read_text(encoding="utf-8", errors="replace"),
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Security-Policy": DOCUMENT_CSP, "Cache-Control": "no-store"},
+    )
+
+
 def missing_metadata_warning(served: Served, metadata: pd.DataFrame | None) -> str | None:
     """Said when the served model reads patient metadata and this request gave none of it."""
     used = metadata_columns(served.classifier)
@@ -134,8 +174,18 @@ def missing_metadata_warning(served: Served, metadata: pd.DataFrame | None) -> s
     )
 
 
-def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None = None) -> FastAPI:
-    """The app over ``holder``; with ``poll_seconds`` it follows the champion alias while it runs."""
+def create_app(
+    holder: ModelHolder,
+    limits: Limits,
+    poll_seconds: float | None = None,
+    token: str | None = None,
+    reports_dir: Path | None = None,
+) -> FastAPI:
+    """The app over ``holder``; with ``poll_seconds`` it follows the champion alias while it runs; with
+    ``token`` every request but the public paths (auth.PUBLIC_PATHS) needs ``Authorization: Bearer``.
+    ``reports_dir``: the served repository's reports folder, whose README.md and model_card.md
+    ``/report`` and ``/model-card`` serve (404 while the report stage has not written them).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,7 +201,15 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
         summary="P(melanoma) from a dermoscopy image: a research tool, not a medical device",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # self-hosted below: FastAPI's own loads Swagger UI from a CDN
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
+    mount_docs(app)
+    if token is not None:
+        # Added before the middleware below, so it runs inside it: refusals get its headers too.
+        app.add_middleware(BearerAuth, token=token, public=PUBLIC_PATHS)
+        declare_bearer(app, PUBLIC_PATHS)
     started = time.time()
 
     @app.exception_handler(IntakeError)
@@ -180,9 +238,33 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
             "last_error": holder.last_error,
         }
 
-    @app.get("/model", summary="the served model: version, threshold, test metrics, data hashes")
+    @app.get(
+        "/model",
+        summary="the served model: what it was trained on, its scores in words, version, threshold, "
+        "data hashes, warnings",
+    )
     async def model() -> dict[str, Any]:
-        return holder.current.describe()
+        return {
+            **holder.current.describe(),
+            "links": document_links(reports_dir),
+            "limits": {"max_batch": limits.max_batch, "max_upload_bytes": limits.max_bytes},
+        }
+
+    @app.get(
+        "/report",
+        summary="the pipeline's report (reports/README.md), as text",
+        response_class=PlainTextResponse,
+    )
+    async def report() -> PlainTextResponse:
+        return document(reports_dir, "/report")
+
+    @app.get(
+        "/model-card",
+        summary="the pipeline's model card (reports/model_card.md), as text",
+        response_class=PlainTextResponse,
+    )
+    async def model_card() -> PlainTextResponse:
+        return document(reports_dir, "/model-card")
 
     def run_one(
         served: Served, upload: Upload, explain: bool, metadata: pd.DataFrame | None
@@ -193,9 +275,9 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
             # what was sent, and what this model reads of it (an image-only model reads none)
             used = list(metadata_columns(served.classifier))
             out["metadata"] = {"given": metadata.iloc[0].to_dict(), "used_by_model": used}
-        warning = missing_metadata_warning(served, metadata)
-        if warning:
-            out["warnings"] = [warning]
+        warnings = answer_warnings(served, metadata)
+        if warnings:
+            out["warnings"] = warnings
         if explain:
             with served.lock:
                 out["explanation"] = served.explainer(pixels)
@@ -223,7 +305,7 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
         metadata = patient_metadata(fields, {"age_approx": age_approx, "sex": sex, "site": site})
         return await run_in_threadpool(run_one, served, uploads[0], explain, metadata)
 
-    def run_batch(served: Served, uploads: list[Upload]) -> dict[str, Any]:
+    def run_batch(served: Served, uploads: list[Upload], explain: bool) -> dict[str, Any]:
         pixels = []
         for i, upload in enumerate(uploads):
             try:
@@ -232,13 +314,17 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
                 raise IntakeError(exc.status, f"file {i + 1} of {len(uploads)}: {exc.message}") from None
         probs = served.predict(np.stack(pixels))
         results = [result(served, p) for p in probs]
-        for r, upload in zip(results, uploads, strict=True):
+        for r, upload, image in zip(results, uploads, pixels, strict=True):
             r["filename"] = upload.filename
             del r["model"]
+            if explain:
+                # one image at a time: a long batch does not hold the model from other requests
+                with served.lock:
+                    r["explanation"] = served.explainer(image)
         out = {"model": model_ref(served), "threshold": served.threshold, "results": results}
-        warning = missing_metadata_warning(served, None)  # the batch takes no metadata
-        if warning:
-            out["warnings"] = [warning]
+        warnings = answer_warnings(served, None)  # the batch takes no metadata
+        if warnings:
+            out["warnings"] = warnings
         return out
 
     @app.post(
@@ -246,12 +332,17 @@ def create_app(holder: ModelHolder, limits: Limits, poll_seconds: float | None =
         summary="P(melanoma) of several images in one forward pass (all valid, or the whole batch is refused)",
         openapi_extra=_BATCH_BODY,
     )
-    async def predict_batch(request: Request) -> dict[str, Any]:
+    async def predict_batch(
+        request: Request,
+        explain: bool = Query(
+            False, description="add each image's heat map (as /predict's `explanation`), in `results`"
+        ),
+    ) -> dict[str, Any]:
         served = holder.current
         body = await read_body(request, limits.max_bytes)
         uploads = uploads_of(body, request.headers.get("content-type", ""), limits)
         if len(uploads) > limits.max_batch:
             raise IntakeError(413, f"{len(uploads)} files: a batch takes at most {limits.max_batch}")
-        return await run_in_threadpool(run_batch, served, uploads)
+        return await run_in_threadpool(run_batch, served, uploads, explain)
 
     return app
