@@ -14,9 +14,9 @@ from PIL import Image
 from helpers import jpeg_bytes, lesion_image
 from melanoma.config import PrepareParams
 from melanoma.contracts import load_prepared
-from melanoma.images import ColorConstancy, color_constancy, load_resized
+from melanoma.images import ColorConstancy, color_constancy, decoding_of, load_resized
 from melanoma.prepare import prepare
-from melanoma.serve.holder import Served, decoding_of
+from melanoma.serve.holder import Served
 from melanoma.serve.intake import Limits, Upload, decode
 
 CAST = np.array([1.2, 1.0, 0.7])

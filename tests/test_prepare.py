@@ -173,14 +173,14 @@ def test_decoding_keeps_a_bounded_window_of_chunks_in_flight(raw_dir: Path) -> N
         nonlocal pulled
         for p in paths:
             pulled += 1
-            yield [(str(p), p.name, 16, "pad", True, 1.0)]
+            yield [(str(p), p.name, 16, "pad", True, 1.0, "none", 6.0)]
 
     got = []
     with ProcessPoolExecutor(max_workers=2) as pool:
         for res in _decoded_in_order(pool, chunks(), ahead=3):
             assert pulled <= len(got) + 3, f"{pulled} chunks taken with {len(got)} results consumed"
             got.append(res)
-    expected = [_decode_one((str(p), p.name, 16, "pad", True, 1.0)) for p in paths]
+    expected = [_decode_one((str(p), p.name, 16, "pad", True, 1.0, "none", 6.0)) for p in paths]
     assert [r.sha1 for r in got] == [r.sha1 for r in expected]
     assert all(np.array_equal(a.array, b.array) for a, b in zip(got, expected, strict=True))
 

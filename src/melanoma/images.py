@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -175,6 +175,28 @@ def color_constancy(
     gain = 1.0 / np.where(illuminant > 0.0, illuminant, 1.0)  # e_c == 0: the channel is all zeros
     table = np.clip(np.rint(levels * gain[:, None]), 0, 255).astype(np.uint8)  # (3, 256)
     return table.ravel()[index].reshape(arr.shape)
+
+
+def decoding_of(info: dict[str, Any]) -> dict[str, Any]:
+    """model.json -> the ``load_resized`` settings prepare used for the model's training data:
+    ``draft``, ``draft_margin``, ``color_constancy``, ``color_constancy_power`` (the app's decode
+    and the logged pyfunc both read them here, so they cannot drift apart).
+
+    A key model.json lacks takes the value prepare had before it existed (draft margin 2.0, no
+    colour constancy): models saved earlier were trained on pixels decoded that way. An unknown
+    colour-constancy method is refused here, when the model loads, not on every image.
+    """
+    method = str(info.get("color_constancy", "none"))
+    if method not in get_args(ColorConstancy):
+        raise ValueError(
+            f"model.json: unknown color_constancy {method!r} (this code knows {get_args(ColorConstancy)})"
+        )
+    return {
+        "draft": bool(info.get("draft", True)),
+        "draft_margin": float(info.get("draft_margin", 2.0)),
+        "color_constancy": method,
+        "color_constancy_power": float(info.get("color_constancy_power", 6.0)),
+    }
 
 
 def load_resized(

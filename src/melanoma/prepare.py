@@ -44,7 +44,7 @@ MANIPULATED = {"altered", "synthetic"}
 
 
 # One image's decode task: path, shown name, image_size, fit, draft, draft_margin, color_constancy,
-# color_constancy_power (the last two may be left off: a 6-field task decodes without colour constancy).
+# color_constancy_power.
 Task = tuple[str, str, int, str, bool, float, str, float]
 
 
@@ -60,15 +60,14 @@ class Decoded:
     error: str | None
 
 
-def _decode_one(task: Task | tuple[str, str, int, str, bool, float]) -> Decoded:
+def _decode_one(task: Task) -> Decoded:
     """Read, hash and resize one file (runs in a worker process).
 
     Errors name the file as ``shown`` (relative to the raw folder's parent: ``raw/images/x.jpg``),
     never by the path it was read from: a scratch or absolute path in the tracked report would
     change its bytes from run to run and machine to machine.
     """
-    path, shown, size, fit, draft, draft_margin = task[:6]
-    color, color_power = task[6:] if len(task) == 8 else ("none", 6.0)
+    path, shown, size, fit, draft, draft_margin, color, color_power = task
 
     def failed(exc: BaseException) -> str:
         return str(exc).replace(path, shown).splitlines()[0][:300] if str(exc) else type(exc).__name__

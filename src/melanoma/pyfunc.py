@@ -20,7 +20,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from melanoma.contracts import read_model_json
-from melanoma.images import color_constancy, resize_batch
+from melanoma.images import color_constancy, decoding_of, resize_batch
 from melanoma.metadata import metadata_frame
 
 MODEL_DIR_ARTIFACT = "model_dir"
@@ -57,7 +57,8 @@ class MelanomaPyfunc(mlflow.pyfunc.PythonModel):
         info = read_model_json(self.model_dir)
         # prepare's colour constancy, so a caller's images get the pixels the model was trained on
         # (on images prepare already corrected, a second pass moves a pixel by at most one level)
-        self.color = (str(info.get("color_constancy", "none")), float(info.get("color_constancy_power", 6.0)))
+        decoding = decoding_of(info)
+        self.color = (decoding["color_constancy"], decoding["color_constancy_power"])
 
     def predict(self, context, model_input, params=None) -> np.ndarray:  # noqa: ANN001
         """uint8 (N, H, W, 3) or a list of HxWx3 arrays (+ metadata ``params``) -> float32 (N,)."""

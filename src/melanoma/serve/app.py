@@ -18,7 +18,6 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from melanoma.models import metadata_columns
 from melanoma.serve.auth import PUBLIC_PATHS, BearerAuth
 from melanoma.serve.docs import declare_bearer, mount_docs
 from melanoma.serve.holder import ModelHolder, Served
@@ -164,7 +163,7 @@ def document(reports_dir: Path | None, route: str) -> PlainTextResponse:
 
 def missing_metadata_warning(served: Served, metadata: pd.DataFrame | None) -> str | None:
     """Said when the served model reads patient metadata and this request gave none of it."""
-    used = metadata_columns(served.classifier)
+    used = served.metadata_columns
     if not used or (metadata is not None and any(c in metadata.columns for c in used)):
         return None
     return (
@@ -273,8 +272,7 @@ def create_app(
         out = result(served, served.predict(pixels[None], metadata)[0])
         if metadata is not None:
             # what was sent, and what this model reads of it (an image-only model reads none)
-            used = list(metadata_columns(served.classifier))
-            out["metadata"] = {"given": metadata.iloc[0].to_dict(), "used_by_model": used}
+            out["metadata"] = {"given": metadata.iloc[0].to_dict(), "used_by_model": served.metadata_columns}
         warnings = answer_warnings(served, metadata)
         if warnings:
             out["warnings"] = warnings

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
-from melanoma.images import ColorConstancy
+from melanoma.images import decoding_of
 from melanoma.models import ImageClassifier, metadata_columns
 from melanoma.serve.provenance import (
     BLOCKS,
@@ -215,27 +215,6 @@ def load_folder(model_dir: Path, metrics_path: Path | None = None) -> Served:
             decoding=decoding_of(info),
         )
     )
-
-
-def decoding_of(info: dict[str, Any]) -> dict[str, Any]:
-    """model.json -> the ``draft``/``draft_margin``/``color_constancy``/``color_constancy_power``
-    keyword arguments of ``intake.decode``.
-
-    A key model.json lacks takes the value prepare had before it existed (draft margin 2.0, no
-    colour constancy): models saved earlier were trained on pixels decoded that way. An unknown
-    colour-constancy method is refused here, when the model loads, not on every upload.
-    """
-    method = str(info.get("color_constancy", "none"))
-    if method not in get_args(ColorConstancy):
-        raise ValueError(
-            f"model.json: unknown color_constancy {method!r} (this code knows {get_args(ColorConstancy)})"
-        )
-    return {
-        "draft": bool(info.get("draft", True)),
-        "draft_margin": float(info.get("draft_margin", 2.0)),
-        "color_constancy": method,
-        "color_constancy_power": float(info.get("color_constancy_power", 6.0)),
-    }
 
 
 def _tag_value(text: str) -> Any:

@@ -199,7 +199,7 @@ def decode(
 ) -> np.ndarray:
     """Checked upload -> the uint8 (size, size, 3) array the model sees (prepare's decode, resize and
     colour constancy, with the settings the model's training data was prepared with: model.json's,
-    through ``holder.decoding_of``)."""
+    through ``images.decoding_of``)."""
     fmt = check_upload(upload, limits)
     label = f"{upload.filename!r}: " if upload.filename else ""
     try:
