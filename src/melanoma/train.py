@@ -103,13 +103,14 @@ def fit_model(
         return fit_cnn(
             x_train, y_train, x_val, y_val, params.cnn, loop,
             image_size=size, fit=fit, strategy=strategy, on_epoch=on_epoch,
+            color_power=params.prepare.color_constancy_power,
         )  # fmt: skip
     from melanoma.models.transfer import fit_transfer
 
     return fit_transfer(
         x_train, y_train, x_val, y_val, params.transfer, loop,
         image_size=size, fit=fit, keras_home=keras_home or Path.home() / ".keras",
-        strategy=strategy, on_epoch=on_epoch,
+        strategy=strategy, on_epoch=on_epoch, color_power=params.prepare.color_constancy_power,
     )  # fmt: skip
 
 

@@ -167,3 +167,57 @@ def test_fine_tuning_unfreezes_only_the_top_layers_and_records_hed() -> None:
         return np.array_equal(backbone.get_layer(layer).get_weights()[0], hed_arrays(layer)[0])
 
     assert unchanged("block5_conv1") and not unchanged("block5_conv2") and not unchanged("block5_conv3")
+
+
+@pytest.mark.parametrize(("blocks", "width"), [(3, 256), (4, 512)])
+def test_cutting_after_a_block_keeps_and_loads_only_the_lower_blocks(blocks: int, width: int) -> None:
+    choice = resolve_weights("hed-bsds500", "vgg16", Path("/nonexistent"), False)
+    net, choice = build_backbone("vgg16", SIZE, choice, blocks)
+    names = [layer.name for layer in net.layers]
+    assert names[-2:] == [f"block{blocks}_pool", "avg_pool"] and net.output.shape[-1] == width
+    assert not any(name.startswith(f"block{blocks + 1}") for name in names)
+    kept = [name for name in CONV_NAMES if int(name[5]) <= blocks]
+    for layer in kept:  # every kept conv layer holds the file's weights
+        kernel, bias = net.get_layer(layer).get_weights()
+        want_kernel, want_bias = hed_arrays(layer)
+        assert np.array_equal(kernel, want_kernel) and np.array_equal(bias, want_bias)
+    assert f"{len(kept)} layers copied by name (block1_conv1 ... {kept[-1]})" in choice.reason
+
+
+def test_the_cut_backbone_is_the_full_one_up_to_the_cut(hed_vgg16) -> None:
+    """Same weights, same features: block3's pooled map of the full network, averaged."""
+    full, _ = hed_vgg16
+    cut, _ = build_backbone("vgg16", SIZE, resolve_weights("hed-bsds500", "vgg16", Path("/nonexistent"), False), 3)
+    x = np.random.default_rng(1).normal(0, 50, (2, SIZE, SIZE, 3)).astype("float32")
+    block3 = keras.Model(full.inputs, full.get_layer("block3_pool").output)(x)
+    want = keras.ops.convert_to_numpy(keras.ops.mean(block3, axis=(1, 2)))
+    assert np.allclose(keras.ops.convert_to_numpy(cut(x)), want, atol=1e-4)
+
+
+def test_only_vgg16_can_be_cut() -> None:
+    with pytest.raises(ConfigError, match="blocks"):
+        TransferParams(backbone="mobilenet_v2", blocks=3)
+    with pytest.raises(ConfigError, match="blocks"):
+        TransferParams(blocks=6)
+    with pytest.raises(DataError, match="only vgg16"):
+        build_backbone("mobilenet_v2", SIZE, WeightsChoice(None, None, "random-init"), 3)
+
+
+def test_a_cut_model_trains_saves_and_records_its_depth(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y = (np.arange(16) % 2).astype(int)
+    x = np.stack([np.asarray(lesion_image(rng, bool(v), SIZE, SIZE)) for v in y])
+    loop = LoopSettings.from_params(TrainParams(epochs=1, batch_size=8, lr_schedule="constant"), seed=0)
+    params = TransferParams(weights="hed-bsds500", blocks=3, head_units=4, head_epochs=1)
+    model, info = fit_transfer(
+        x, y, x, y, params, loop, image_size=SIZE, fit="crop", keras_home=Path("/nonexistent"),
+        strategy=tf.distribute.get_strategy(),
+    )  # fmt: skip
+    assert info["backbone_blocks"] == 3 and info["feature_dim"] == 256
+    model.save(tmp_path / "m")
+    from melanoma.models.deep.classifier import KerasClassifier
+
+    again = KerasClassifier.load(tmp_path / "m", SIZE, "crop")
+    assert np.array_equal(again.predict_proba(x), model.predict_proba(x))
+    backbone = again.model.get_layer("features").get_layer("vgg16_block3")
+    assert np.array_equal(backbone.get_layer("block3_conv3").get_weights()[0], hed_arrays("block3_conv3")[0])

@@ -19,6 +19,7 @@ from melanoma.config.section import Bool, Float, Int, Str, distinct, rule, secti
 # The trained families (train@X) and the ensemble built from their saved models.
 FAMILY_NAMES = ("baseline", "cnn", "transfer")
 MODEL_NAMES = (*FAMILY_NAMES, "ensemble")
+ColorConstancyMethod = Literal["none", "gray_world", "shades_of_gray"]
 
 
 @section
@@ -46,8 +47,8 @@ class PrepareParams:
     # and lighting cast is removed before training, evaluation and serving alike: Shades of Gray
     # (Finlayson & Trezzi 2004; p = 6 as in Barata et al. 2015), gray_world = the same with p = 1.
     # Default none until measured (train.py records both in model.json; the app decodes the same way).
-    color_constancy: Literal["none", "gray_world", "shades_of_gray"] = "none"
-    # Minkowski p of shades_of_gray (ignored otherwise): 1 = gray world, larger tends to max-RGB;
+    color_constancy: ColorConstancyMethod = "none"
+    # Minkowski p of shades_of_gray (ignored otherwise; cnn/transfer.color_constancy use it too): 1 = gray world, larger tends to max-RGB;
     # <= 64 so that (1/255) ** p stays a normal float64 (the estimate never underflows to 0).
     color_constancy_power: Float = Field(default=6.0, ge=1.0, le=64.0)
     workers: Int = Field(default=0, ge=0)  # 0 = all cores
@@ -123,6 +124,9 @@ class CnnParams:
     dense: Int = Field(default=128, ge=1)
     dropout: Float = Field(default=0.3, ge=0, lt=1)
     weight_decay: Float = Field(default=1e-4, ge=0)
+    # colour constancy as the network's first layer (models.deep.layers.ColorConstancy, power from
+    # prepare.color_constancy_power): this model's input only, not the baseline's colour features
+    color_constancy: ColorConstancyMethod = "none"
     tta: Bool = False  # predict as the mean over the 8 flips/rotations (evaluate, registry, app)
 
 
@@ -148,6 +152,10 @@ class TransferParams:
     fine_tune_layers: Int = Field(default=0, ge=0)
     fine_tune_epochs: Int = Field(default=5, ge=0)
     fine_tune_learning_rate: Float = Field(default=1e-5, gt=0)
+    # VGG16 only: keep block1 .. block<blocks> (then global average pooling) and drop the rest, so
+    # the head reads lower, more generic features; 5 = the whole backbone
+    blocks: Int = Field(default=5, ge=1, le=5)
+    color_constancy: ColorConstancyMethod = "none"  # as cnn.color_constancy, before the backbone
     tta: Bool = False  # predict as the mean over the 8 flips/rotations
 
     @field_validator("input_size")
@@ -177,6 +185,8 @@ class TransferParams:
                 f"holds {needs} layers, so needs backbone: {needs} (backbone is {self.backbone})",
                 self.weights,
             )
+        if self.blocks != 5 and self.backbone != "vgg16":
+            raise rule("blocks", f"only VGG16's five blocks can be cut (backbone is {self.backbone})", self.blocks)
         return self
 
 

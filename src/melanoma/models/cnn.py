@@ -19,32 +19,33 @@ import tensorflow as tf
 
 from melanoma.config import CnnParams
 from melanoma.models.deep.classifier import KerasClassifier
-from melanoma.models.deep.layers import Preprocess
+from melanoma.models.deep.layers import input_color_constancy, model_input
 from melanoma.models.deep.loop import LoopSettings, fit_loop, seed_everything
 
 ARCHITECTURES = ("plain", "residual")
 
 
-def build_cnn(image_size: int, params: CnnParams) -> keras.Model:
-    """The CNN that ``params.architecture`` names, widths and depth from params.
+def build_cnn(image_size: int, params: CnnParams, color_power: float = 6.0) -> keras.Model:
+    """The CNN that ``params.architecture`` names, widths and depth from params; its first layer
+    corrects colours when ``params.color_constancy`` says so (Minkowski p ``color_power``).
 
     Every layer is named: Keras' automatic names count up within a process, and the saved config
     must not depend on what the process built before.
     """
     if params.architecture == "residual":
-        return build_residual_cnn(image_size, params)
+        return build_residual_cnn(image_size, params, color_power)
     if params.architecture != "plain":
         raise ValueError(
             f"cnn.architecture: {params.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
         )
-    return build_plain_cnn(image_size, params)
+    return build_plain_cnn(image_size, params, color_power)
 
 
-def build_plain_cnn(image_size: int, params: CnnParams) -> keras.Model:
+def build_plain_cnn(image_size: int, params: CnnParams, color_power: float = 6.0) -> keras.Model:
     """Blocks of ``convs_per_block`` 3x3 convs (BN + ReLU) then max-pooling, one per ``filters`` entry."""
     reg = keras.regularizers.L2(params.weight_decay) if params.weight_decay > 0 else None
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = Preprocess("unit", name="preprocess")(inputs)
+    x = model_input(inputs, "unit", params.color_constancy, color_power)
     for b, width in enumerate(params.filters, start=1):
         for c in range(1, params.convs_per_block + 1):
             x = keras.layers.Conv2D(
@@ -57,7 +58,7 @@ def build_plain_cnn(image_size: int, params: CnnParams) -> keras.Model:
     return keras.Model(inputs, _head(x, params, reg), name="melanoma_cnn")
 
 
-def build_residual_cnn(image_size: int, params: CnnParams) -> keras.Model:
+def build_residual_cnn(image_size: int, params: CnnParams, color_power: float = 6.0) -> keras.Model:
     """Stem conv (3x3, ``filters[0]``, BN, ReLU), one stage of ``blocks_per_stage`` residual blocks
     per ``filters`` entry, a final BN + ReLU, then the same head as the plain CNN.
 
@@ -68,7 +69,7 @@ def build_residual_cnn(image_size: int, params: CnnParams) -> keras.Model:
     """
     reg = keras.regularizers.L2(params.weight_decay) if params.weight_decay > 0 else None
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = Preprocess("unit", name="preprocess")(inputs)
+    x = model_input(inputs, "unit", params.color_constancy, color_power)
     x = _conv(params.filters[0], 3, 1, reg, "stem_conv")(x)
     x = _bn("stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
@@ -131,12 +132,14 @@ def fit_cnn(
     image_size: int,
     fit: str,
     strategy: tf.distribute.Strategy,
+    color_power: float = 6.0,
     on_epoch: Callable[[dict[str, float], int], None] | None = None,
 ) -> tuple[KerasClassifier, dict[str, Any]]:
-    """Train the CNN; return the model and what to record (history, best epoch, size, class balance)."""
+    """Train the CNN; return the model and what to record (history, best epoch, size, class balance,
+    the in-model colour constancy)."""
     seed_everything(loop.seed, loop.deterministic)
     with strategy.scope():
-        model = build_cnn(image_size, params)
+        model = build_cnn(image_size, params, color_power)
     history = fit_loop(
         model, x_train, y_train, x_val, y_val, loop, strategy=strategy, phase="train", on_epoch=on_epoch
     )
@@ -146,6 +149,7 @@ def fit_cnn(
         "best_epoch": best.get("epoch"),
         "epochs_run": len(history),
         "n_params": int(model.count_params()),
+        "input_color_constancy": input_color_constancy(params.color_constancy, color_power),
         **loop.applied(y_train),
     }
     return KerasClassifier(model=model, image_size=image_size, fit=fit), info

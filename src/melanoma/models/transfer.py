@@ -24,7 +24,7 @@ import tensorflow as tf
 from melanoma.config import TransferParams
 from melanoma.errors import DataError
 from melanoma.models.deep.classifier import KerasClassifier, forward_batches
-from melanoma.models.deep.layers import Preprocess
+from melanoma.models.deep.layers import input_color_constancy, model_input
 from melanoma.models.deep.loop import LoopSettings, fit_loop, seed_everything
 from melanoma.models.package_weights import PackageWeights, copy_by_name, locate, parse_spec, weights_note
 
@@ -102,8 +102,11 @@ def _package_choice(spec: str, package: PackageWeights, backbone: str) -> Weight
     return WeightsChoice(None, locate(package), spec, package=package)
 
 
-def build_backbone(name: str, size: int, choice: WeightsChoice) -> tuple[keras.Model, WeightsChoice]:
-    """Construct the backbone (no top, global average pooling) and load its weights."""
+def build_backbone(
+    name: str, size: int, choice: WeightsChoice, blocks: int = 5
+) -> tuple[keras.Model, WeightsChoice]:
+    """Construct the backbone (no top, global average pooling), cut it after ``blocks`` (VGG16) and
+    load its weights: package weights are copied into the kept layers only."""
     spec = BACKBONES[name]
     try:
         net = spec.constructor(
@@ -115,28 +118,45 @@ def build_backbone(name: str, size: int, choice: WeightsChoice) -> tuple[keras.M
         reason = f"ImageNet weights for {name} could not be loaded ({type(exc).__name__}: {exc})"
         net = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
         choice = WeightsChoice(None, None, "random-init", reason)
-    if choice.package is not None and choice.file is not None:
-        copied = copy_by_name(net, choice.file, choice.package.spec)
-        choice = dataclasses.replace(choice, reason=weights_note(choice.package, copied))
-        log.info("transfer: %s <- %s: %s", name, choice.recorded, choice.reason)
-    elif choice.file is not None:
+    if choice.file is not None and choice.package is None:
         try:
-            net.load_weights(str(choice.file))
+            net.load_weights(str(choice.file))  # a structural load: the whole backbone, before the cut
         except Exception as exc:
             raise DataError(
                 f"transfer.weights: cannot load {choice.file} into {name} "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             ) from exc
+    net = keep_blocks(net, name, blocks)
+    if choice.package is not None and choice.file is not None:
+        copied = copy_by_name(net, choice.file, choice.package.spec)
+        choice = dataclasses.replace(choice, reason=weights_note(choice.package, copied))
+        log.info("transfer: %s <- %s: %s", name, choice.recorded, choice.reason)
     if choice.recorded == "random-init":
         log.warning("transfer: %s; training %s from random initialisation (recorded as weights=random-init)",
                     choice.reason, name)  # fmt: skip
     return net, choice
 
 
-def feature_extractor(backbone: keras.Model, preprocess: str, size: int) -> keras.Model:
-    """pixels in [0, 255] -> pooled backbone features, in inference mode (frozen BN statistics)."""
+def keep_blocks(net: keras.Model, name: str, blocks: int) -> keras.Model:
+    """The backbone up to ``block<blocks>_pool``, then global average pooling (VGG16's layer names);
+    ``net`` itself for all five blocks. Lower blocks hold generic edges and textures, the top ones
+    what the weights were trained for (objects for ImageNet, contours for HED)."""
+    if blocks == 5:
+        return net
+    if name != "vgg16":
+        raise DataError(f"transfer.blocks: only vgg16's blocks can be cut (backbone is {name})")
+    cut = net.get_layer(f"block{blocks}_pool").output
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(cut)
+    return keras.Model(net.inputs, pooled, name=f"{net.name}_block{blocks}")
+
+
+def feature_extractor(
+    backbone: keras.Model, preprocess: str, size: int, color_constancy: str = "none", color_power: float = 6.0
+) -> keras.Model:
+    """pixels in [0, 255] -> pooled backbone features, in inference mode (frozen BN statistics),
+    colours corrected first when ``color_constancy`` says so."""
     inputs = keras.Input((size, size, 3), name="image")
-    feats = backbone(Preprocess(preprocess, name="preprocess")(inputs), training=False)
+    feats = backbone(model_input(inputs, preprocess, color_constancy, color_power), training=False)
     return keras.Model(inputs, feats, name="features")
 
 
@@ -208,6 +228,7 @@ def fit_transfer(
     fit: str,
     keras_home: Path,
     strategy: tf.distribute.Strategy,
+    color_power: float = 6.0,
     on_epoch: Callable[[dict[str, float], int], None] | None = None,
 ) -> tuple[KerasClassifier, dict[str, Any]]:
     """Both phases; return the end-to-end model (pixels -> P(melanoma)) and what to record."""
@@ -219,9 +240,11 @@ def fit_transfer(
     seed_everything(loop.seed, loop.deterministic)
     choice = resolve_weights(params.weights, params.backbone, keras_home, params.download_weights)
     with strategy.scope():
-        backbone, choice = build_backbone(params.backbone, image_size, choice)
+        backbone, choice = build_backbone(params.backbone, image_size, choice, params.blocks)
         backbone.trainable = False
-        extractor = feature_extractor(backbone, BACKBONES[params.backbone].preprocess, image_size)
+        extractor = feature_extractor(
+            backbone, BACKBONES[params.backbone].preprocess, image_size, params.color_constancy, color_power
+        )
     f_train = compute_features(extractor, x_train)
     f_val = compute_features(extractor, x_val)
     with strategy.scope():
@@ -254,6 +277,8 @@ def fit_transfer(
         "backbone": params.backbone,
         "weights": choice.recorded,
         "weights_note": choice.reason,
+        "backbone_blocks": params.blocks,
+        "input_color_constancy": input_color_constancy(params.color_constancy, color_power),
         "fine_tuned_layers": params.fine_tune_layers if fine_tuned else 0,
         "feature_dim": int(f_train.shape[1]),
         "n_params": int(model.count_params()),

@@ -17,13 +17,17 @@ def _architecture(info: dict[str, Any]) -> str:
         return f"ensemble of {members}: {how.get(method, method)}, fitted on validation"
     if info.get("family") == "baseline":
         return f"scikit-learn on image features; candidate chosen on validation: `{info.get('candidate')}`"
+    colour = info.get("input_color_constancy", "none")
+    colour = f"; colour constancy in the model: {colour}" if colour != "none" else ""
     if info.get("backbone"):
+        blocks = info.get("backbone_blocks", 5)
+        kept = f" cut after block{blocks}" if blocks != 5 else ""
         return (
-            f"Keras transfer model: `{info['backbone']}` backbone, "
+            f"Keras transfer model: `{info['backbone']}` backbone{kept}, "
             f"{fmt.num(info.get('fine_tuned_layers'))} top layers fine-tuned, "
-            f"{fmt.num(info.get('feature_dim'))} backbone features into a dense head"
+            f"{fmt.num(info.get('feature_dim'))} backbone features into a dense head{colour}"
         )
-    return f"Keras CNN trained from scratch (family `{info.get('family')}`)"
+    return f"Keras CNN trained from scratch (family `{info.get('family')}`){colour}"
 
 
 def model_section(m: ModelResult) -> list[str]:

@@ -1,5 +1,5 @@
 """Serializable Keras objects the deep models share (no Lambda layers: models load in safe mode):
-the input preprocessing layer and the training loop's metrics (AUC and class tallies), which take
+the input layers (colour constancy, preprocessing) and the training loop's metrics (AUC and class tallies), which take
 mixup/cutmix soft labels as well as hard ones."""
 
 from __future__ import annotations
@@ -41,6 +41,55 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="melanoma")
+class ColorConstancy(keras.layers.Layer):
+    """Shades of Gray colour constancy inside the network: pixels [0, 255] -> pixels [0, 255].
+
+    The same correction as ``melanoma.images.color_constancy`` (per image and channel, the
+    illuminant is the Minkowski p-mean of the [0, 1] values, scaled to norm sqrt(3); each channel is
+    divided by its share), in float32 and without rounding to uint8. Inside the model it travels
+    with it: evaluate, the registry's pyfunc and the app apply it without being told, and only the
+    model that carries it sees corrected colours (``prepare.color_constancy`` changes every model's
+    input, the baseline's colour features included). ``gray_world`` is p = 1. It sees the batch as
+    the loop delivers it, i.e. after geometric augmentation. No weights: nothing is trained here.
+    """
+
+    def __init__(self, method: str = "shades_of_gray", power: float = 6.0, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        if method not in ("gray_world", "shades_of_gray"):
+            raise ValueError(f"color constancy must be gray_world or shades_of_gray, got {method!r}")
+        if not float(power) >= 1.0:  # also refuses NaN
+            raise ValueError(f"color constancy power must be >= 1 (1 = gray world), got {power}")
+        self.method, self.power = method, float(power)
+
+    def call(self, inputs):  # noqa: ANN001, ANN201 - Keras tensors
+        x = ops.cast(inputs, "float32")
+        p = 1.0 if self.method == "gray_world" else self.power
+        unit = ops.clip(x / 255.0, 0.0, 1.0)
+        illuminant = ops.power(ops.mean(ops.power(unit, p), axis=(1, 2), keepdims=True), 1.0 / p)
+        norm = ops.sqrt(ops.sum(ops.square(illuminant), axis=-1, keepdims=True))
+        # An all-black image (norm 0) and a channel with no light (e_c 0) keep gain 1, as in images.py.
+        illuminant = ops.where(norm > 0.0, illuminant / ops.maximum(norm, 1e-12) * 3.0**0.5, 0.0)
+        gain = 1.0 / ops.where(illuminant > 0.0, illuminant, 1.0)
+        return ops.clip(x * gain, 0.0, 255.0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "method": self.method, "power": self.power}
+
+
+def input_color_constancy(method: str, power: float) -> str:
+    """What model.json records about the in-model correction: 'none', 'gray_world' or 'shades_of_gray (p=6)'."""
+    return f"{method} (p={power:g})" if method == "shades_of_gray" else method
+
+
+def model_input(inputs: Any, mode: str, color_constancy: str = "none", power: float = 6.0) -> Any:
+    """The shared start of every deep model: optional colour constancy, then ``Preprocess(mode)``."""
+    x = inputs
+    if color_constancy != "none":
+        x = ColorConstancy(color_constancy, power, name="color_constancy")(x)
+    return Preprocess(mode, name="preprocess")(x)
 
 
 @keras.saving.register_keras_serializable(package="melanoma")
