@@ -426,8 +426,10 @@ def ensemble_probabilities(
     data: Data,
     params: Params,
     method: str,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The pipeline's ensemble (``fit_ensemble``) over saved variant folders: out-of-fold val, test.
+    external: External | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """The pipeline's ensemble (``fit_ensemble``) over saved variant folders: out-of-fold val, test
+    and (given ``external``, prepared with ``params.prepare``) the external set.
 
     A member ``LABEL/tta`` is that variant's folder marked for test-time augmentation, as the
     pipeline's member would be with ``<family>.tta: true``. Members must be distinct families (the
@@ -462,7 +464,8 @@ def ensemble_probabilities(
     )
     p_val = np.asarray(info.pop("val_proba_oof"), dtype=np.float64)
     p_test = model.predict_proba(data.split("test")[0]).astype(np.float64)
-    return p_val, p_test, {k: v for k, v in info.items() if isinstance(v, str | int | float)}
+    p_ext = None if external is None else model.predict_proba(external.images).astype(np.float64)
+    return p_val, p_test, p_ext, {k: v for k, v in info.items() if isinstance(v, str | int | float)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -626,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
             if paired_ok[v.label] and paired_ok[v.ref]:
                 d, lo, hi = paired_difference(p_test, probs[v.ref][1], reference, base)
                 row["minus_ref"] = {"ref": v.ref, "diff": d, "ci_low": lo, "ci_high": hi}
+                # the decision's own figure: the same difference on validation, with its noise
+                val_groups = reference.frames["val"]["group"].astype(str).to_numpy()
+                d, lo, hi = paired_difference(
+                    p_val, probs[v.ref][0], reference, base, reference.split("val")[1], val_groups
+                )
+                row["val_minus_ref"] = {"ref": v.ref, "diff": d, "ci_low": lo, "ci_high": hi}
             if ext_dir is not None:
                 ref_ids = rows[v.ref].get("external_ids")
                 if ref_ids == row["external_ids"]:
@@ -634,7 +643,11 @@ def main(argv: list[str] | None = None) -> int:
                         ext_probs[v.label], ext_probs[v.ref], reference, base, ext.y, ext.groups
                     )
                     row["external_minus_ref"] = {"ref": v.ref, "diff": d, "ci_low": lo, "ci_high": hi}
-            for key, name in (("minus_ref", "test"), ("external_minus_ref", "external")):
+            for key, name in (
+                ("val_minus_ref", "val"),
+                ("minus_ref", "test"),
+                ("external_minus_ref", "external"),
+            ):
                 if key in row:
                     m = row[key]
                     print(
@@ -664,10 +677,22 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         by_label = {v.label: v for v in variants}
         method = method or base.ensemble.method
-        ev, et, einfo = ensemble_probabilities(members, by_label, dirs, reference, base, method)
+        # The members read the prepared pixels of the defaults' prepare params (a member whose
+        # variant changes prepare.* is not paired with the others, above), so does the external set.
+        ext = load_external(ext_dir, base, args.cache) if ext_dir is not None else None
+        ev, et, ee, einfo = ensemble_probabilities(members, by_label, dirs, reference, base, method, ext)
         train_s = sum(rows[m.removesuffix("/tta")]["train_seconds"] for m in members)
         cost = {"train_seconds": round(train_s, 1), "members": members}
         rows[label] = score(label, ev, et, reference, base, {**cost, **einfo})
+        if ext is not None and ee is not None:
+            threshold = choose_threshold(reference.split("val")[1], ev, base.train.target_sensitivity)
+            rows[label]["threshold"] = threshold
+            rows[label]["external"] = {
+                **score_metrics(ext.y, ee, ext.groups, threshold, base.evaluate, base.base.seed),
+                "key": ext.key, "n": len(ext.y), "n_malignant": int(ext.y.sum()),
+            }  # fmt: skip
+            rows[label]["p_external"] = ee.tolist()
+            print(f"   external ROC AUC {rows[label]['external']['roc_auc']:.4f}")
         probs[label] = (ev, et)
         calib += calibration_rows(label, ev, et, reference, base.evaluate.calibration_bins, base.base.seed)
         print(f"   combined in {time.perf_counter() - t0:.0f}s")
@@ -763,17 +788,16 @@ def gap_table(
         "Δ = variant − its reference on the same images (paired bootstrap).",
         "",
         f"| variant | vs | val AUC | internal test AUC [{ci}% CI] | external AUC [{ci}% CI] "
-        "| external sens / spec | Δ internal [paired CI] | Δ external [paired CI] | train time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| external sens / spec | Δ val [paired CI] | Δ internal [paired CI] | Δ external [paired CI] | train time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def diff(m: dict[str, float] | None) -> str:
         return "—" if m is None else f"{m['diff']:+.3f} [{m['ci_low']:+.3f}, {m['ci_high']:+.3f}]"
 
-    for v in variants:
-        row = rows.get(v.label)
-        if row is None:
-            continue
+    # every scored row in order: the variants, then the ensembles (whose members share the defaults' prepare)
+    for label, row in rows.items():
+        ref = row.get("ref") or next((v.ref for v in variants if v.label == label), None)
         t, e = row["test"], row.get("external")
         shown_e = (
             "—"
@@ -783,9 +807,9 @@ def gap_table(
         ss = "—" if e is None else f"{e['sensitivity']:.2f} / {e['specificity']:.2f}"
         epochs = f", {row['epochs_run']} ep" if row.get("epochs_run") else ""
         lines.append(
-            f"| {v.label} | {v.ref or '—'} | {row['val_roc_auc']:.3f} | {t['roc_auc']:.3f} "
+            f"| {label} | {ref or '—'} | {row['val_roc_auc']:.3f} | {t['roc_auc']:.3f} "
             f"[{t['roc_auc_ci_low']:.3f}, {t['roc_auc_ci_high']:.3f}] | {shown_e} | {ss} "
-            f"| {diff(row.get('minus_ref'))} | {diff(row.get('external_minus_ref'))} "
+            f"| {diff(row.get('val_minus_ref'))} | {diff(row.get('minus_ref'))} | {diff(row.get('external_minus_ref'))} "
             f"| {row['train_seconds']:.0f} s{epochs} |"
         )
     return lines + [""]

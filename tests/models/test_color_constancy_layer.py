@@ -42,7 +42,9 @@ def tinted(x: np.ndarray, power: float = 6.0) -> np.ndarray:
     return out.astype(np.float32)
 
 
-@pytest.mark.parametrize(("method", "power"), [("shades_of_gray", 6.0), ("gray_world", 1.0), ("shades_of_gray", 2.5)])
+@pytest.mark.parametrize(
+    ("method", "power"), [("shades_of_gray", 6.0), ("gray_world", 1.0), ("shades_of_gray", 2.5)]
+)
 def test_the_layer_is_the_prepare_function_before_rounding(method: str, power: float) -> None:
     x, _ = images()
     x[1] = (x[1] * CAST).astype(np.uint8)
@@ -70,7 +72,9 @@ def test_a_cnn_with_it_cannot_see_a_cameras_cast_and_one_without_can() -> None:
     for method, blind in (("shades_of_gray", True), ("none", False)):
         keras.utils.set_random_seed(0)
         model = build_cnn(SIZE, CnnParams(filters=(4, 8), dense=8, color_constancy=method), color_power=6.0)
-        p, p_cast = (keras.ops.convert_to_numpy(model(v, training=False)) for v in (x.astype(np.float32), tinted(x)))
+        p, p_cast = (
+            keras.ops.convert_to_numpy(model(v, training=False)) for v in (x.astype(np.float32), tinted(x))
+        )
         assert np.allclose(p, p_cast, atol=1e-5) is blind, (method, np.abs(p - p_cast).max())
 
 
@@ -95,7 +99,9 @@ def test_it_is_the_first_layer_and_travels_with_the_saved_model(tmp_path: Path) 
 def test_the_transfer_model_corrects_before_its_backbone() -> None:
     x, y = images(16)
     loop = LoopSettings.from_params(TrainParams(epochs=1, batch_size=8, lr_schedule="constant"), seed=0)
-    params = TransferParams(weights="random", blocks=2, head_units=4, head_epochs=1, color_constancy="gray_world")
+    params = TransferParams(
+        weights="random", blocks=2, head_units=4, head_epochs=1, color_constancy="gray_world"
+    )
     model, info = fit_transfer(
         x, y, x, y, params, loop, image_size=SIZE, fit="crop", keras_home=Path("/nonexistent"),
         strategy=tf.distribute.get_strategy(),
@@ -119,6 +125,12 @@ def test_the_report_says_what_the_model_does_to_its_input() -> None:
     cnn = {"name": "cnn", "family": "cnn", "input_color_constancy": "shades_of_gray (p=6)", "val": {}}
     assert "colour constancy in the model: shades_of_gray (p=6)" in described(cnn)
     assert "colour constancy" not in described({**cnn, "input_color_constancy": "none"})
-    transfer = {"name": "transfer", "family": "transfer", "backbone": "vgg16", "backbone_blocks": 3, "val": {}}
+    transfer = {
+        "name": "transfer",
+        "family": "transfer",
+        "backbone": "vgg16",
+        "backbone_blocks": 3,
+        "val": {},
+    }
     assert "`vgg16` backbone cut after block3" in described(transfer)
     assert "cut after" not in described({**transfer, "backbone_blocks": 5})

@@ -187,7 +187,9 @@ def test_cutting_after_a_block_keeps_and_loads_only_the_lower_blocks(blocks: int
 def test_the_cut_backbone_is_the_full_one_up_to_the_cut(hed_vgg16) -> None:
     """Same weights, same features: block3's pooled map of the full network, averaged."""
     full, _ = hed_vgg16
-    cut, _ = build_backbone("vgg16", SIZE, resolve_weights("hed-bsds500", "vgg16", Path("/nonexistent"), False), 3)
+    cut, _ = build_backbone(
+        "vgg16", SIZE, resolve_weights("hed-bsds500", "vgg16", Path("/nonexistent"), False), 3
+    )
     x = np.random.default_rng(1).normal(0, 50, (2, SIZE, SIZE, 3)).astype("float32")
     block3 = keras.Model(full.inputs, full.get_layer("block3_pool").output)(x)
     want = keras.ops.convert_to_numpy(keras.ops.mean(block3, axis=(1, 2)))

@@ -186,7 +186,9 @@ class TransferParams:
                 self.weights,
             )
         if self.blocks != 5 and self.backbone != "vgg16":
-            raise rule("blocks", f"only VGG16's five blocks can be cut (backbone is {self.backbone})", self.blocks)
+            raise rule(
+                "blocks", f"only VGG16's five blocks can be cut (backbone is {self.backbone})", self.blocks
+            )
         return self
 
 
