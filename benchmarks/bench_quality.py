@@ -90,14 +90,25 @@ PLANS: dict[str, list[str]] = {
     # exactly block5_conv1..3 of VGG16 (its last layers are block5_conv1..3, block5_pool and the
     # global pooling; the count includes the weightless ones).
     "issue19": [
-        "transfer-random=transfer;transfer.weights=random",
-        "transfer-hed=transfer;vs=transfer-random;transfer.weights=hed-bsds500",
+        "transfer-random=transfer;transfer.weights=random;transfer.blocks=5",
+        "transfer-hed=transfer;vs=transfer-random;transfer.weights=hed-bsds500;transfer.blocks=5",
         "cnn=cnn",
         "cnn+sog=cnn;vs=cnn;prepare.color_constancy=shades_of_gray",
         "baseline=baseline",
-        "transfer-hed-ft=transfer;vs=transfer-hed;transfer.weights=hed-bsds500;transfer.fine_tune_layers=5",
+        "transfer-hed-ft=transfer;vs=transfer-hed;transfer.weights=hed-bsds500;transfer.blocks=5;"
+        "transfer.fine_tune_layers=5",
         "cnn+aug=cnn;vs=cnn;train.augment.brightness=0.2;train.augment.contrast=0.2;"
         "train.augment.saturation=0.2",
+        # the correction inside the CNN only (the baseline keeps its acquisition colours)
+        "cnn+sog-layer=cnn;vs=cnn;cnn.color_constancy=shades_of_gray",
+        # only the lower VGG16 blocks kept (transfer.blocks), each paired with random-init at the
+        # same depth; fine_tune_layers=5 on the block4 cut = block4_conv1..3 (+ its pool and the pooling)
+        "transfer-random-b3=transfer;transfer.weights=random;transfer.blocks=3",
+        "transfer-hed-b3=transfer;vs=transfer-random-b3;transfer.weights=hed-bsds500;transfer.blocks=3",
+        "transfer-random-b4=transfer;transfer.weights=random;transfer.blocks=4",
+        "transfer-hed-b4=transfer;vs=transfer-random-b4;transfer.weights=hed-bsds500;transfer.blocks=4",
+        "transfer-hed-b4-ft=transfer;vs=transfer-hed-b4;transfer.weights=hed-bsds500;transfer.blocks=4;"
+        "transfer.fine_tune_layers=5",
     ],
     "default": ["baseline=baseline", "cnn=cnn", "transfer=transfer"],
 }

@@ -152,7 +152,7 @@ def test_fine_tuning_unfreezes_only_the_top_layers_and_records_hed() -> None:
     loop = LoopSettings.from_params(TrainParams(epochs=1, batch_size=8, lr_schedule="constant"), seed=0)
     # VGG16's last 4 layers: block5_conv2, block5_conv3, block5_pool, the global pooling.
     params = TransferParams(
-        weights="hed-bsds500", head_units=4, head_epochs=1, fine_tune_layers=4, fine_tune_epochs=1,
+        weights="hed-bsds500", blocks=5, head_units=4, head_epochs=1, fine_tune_layers=4, fine_tune_epochs=1,
         fine_tune_learning_rate=1e-3,
     )  # fmt: skip
     model, info = fit_transfer(
@@ -197,8 +197,9 @@ def test_the_cut_backbone_is_the_full_one_up_to_the_cut(hed_vgg16) -> None:
 
 
 def test_only_vgg16_can_be_cut() -> None:
-    with pytest.raises(ConfigError, match="blocks"):
-        TransferParams(backbone="mobilenet_v2", blocks=3)
+    with pytest.raises(ConfigError, match="set blocks: 5 for backbone mobilenet_v2"):
+        TransferParams(backbone="mobilenet_v2", weights="imagenet", blocks=3)
+    assert TransferParams(backbone="mobilenet_v2", weights="imagenet", blocks=5).blocks == 5
     with pytest.raises(ConfigError, match="blocks"):
         TransferParams(blocks=6)
     with pytest.raises(DataError, match="only vgg16"):
