@@ -241,7 +241,7 @@ class EnsembleParams:
     """The ensemble candidate: the trained models' probabilities combined on validation."""
 
     members: Annotated[tuple[Literal["baseline", "cnn", "transfer"], ...], distinct("model")] = Field(
-        default=("baseline", "cnn"), min_length=2
+        default=("baseline", "cnn", "transfer"), min_length=2
     )
     # stack: logistic regression on the members' logits, fitted on validation; rank_mean: mean of each
     # member's rank among its validation probabilities (nothing fitted but the reference ranks)
