@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,21 +249,22 @@ def create_app(
             "limits": {"max_batch": limits.max_batch, "max_upload_bytes": limits.max_bytes},
         }
 
-    @app.get(
-        "/report",
-        summary="the pipeline's report (reports/README.md), as text",
-        response_class=PlainTextResponse,
-    )
-    async def report() -> PlainTextResponse:
-        return document(reports_dir, "/report")
+    def document_endpoint(route: str) -> Callable[[], Awaitable[PlainTextResponse]]:
+        async def serve_document() -> PlainTextResponse:  # no parameters: none in the OpenAPI
+            return document(reports_dir, route)
 
-    @app.get(
-        "/model-card",
-        summary="the pipeline's model card (reports/model_card.md), as text",
-        response_class=PlainTextResponse,
-    )
-    async def model_card() -> PlainTextResponse:
-        return document(reports_dir, "/model-card")
+        return serve_document
+
+    # One GET per entry of DOCUMENTS, which document_links reads too: /report, /model-card.
+    for route, name in DOCUMENTS.items():
+        app.add_api_route(
+            route,
+            document_endpoint(route),
+            methods=["GET"],
+            name=route.strip("/").replace("-", "_"),
+            summary=f"the pipeline's {route.strip('/').replace('-', ' ')} (reports/{name}), as text",
+            response_class=PlainTextResponse,
+        )
 
     def run_one(
         served: Served, upload: Upload, explain: bool, metadata: pd.DataFrame | None
