@@ -377,6 +377,26 @@ def score(
     return {"label": label, "val_roc_auc": safe_auc(y_val, p_val), "test": test, **extra}
 
 
+def score_external(
+    row: dict[str, Any],
+    ext: External,
+    p_ext: np.ndarray,
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    params: Params,
+) -> float:
+    """Score ``p_ext`` on the external set at the validation threshold into ``row``; return the threshold."""
+    threshold = choose_threshold(y_val, p_val, params.train.target_sensitivity)
+    row["threshold"] = threshold
+    row["external"] = {
+        **score_metrics(ext.y, p_ext, ext.groups, threshold, params.evaluate, params.base.seed),
+        "key": ext.key, "n": len(ext.y), "n_malignant": int(ext.y.sum()),
+    }  # fmt: skip
+    row["external_ids"] = ext.index["isic_id"].astype(str).tolist()
+    row["p_external"] = p_ext.tolist()
+    return threshold
+
+
 def paired_difference(
     p_a: np.ndarray,
     p_b: np.ndarray,
@@ -619,16 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             p_ext = external_probabilities(where, ext)
             ext_probs[v.label] = p_ext
-            threshold = choose_threshold(data.split("val")[1], p_val, params.train.target_sensitivity)
-            row["threshold"] = threshold
-            row["external"] = score_metrics(
-                ext.y, p_ext, ext.groups, threshold, params.evaluate, params.base.seed
-            )
-            row["external"]["key"] = ext.key
-            row["external"]["n"] = len(ext.y)
-            row["external"]["n_malignant"] = int(ext.y.sum())
-            row["external_ids"] = ext.index["isic_id"].astype(str).tolist()
-            row["p_external"] = p_ext.tolist()
+            threshold = score_external(row, ext, p_ext, data.split("val")[1], p_val, params)
             print(
                 f"   external ({ext.summary['n_kept']} images, {ext.summary['n_malignant']} malignant): "
                 f"ROC AUC {row['external']['roc_auc']:.4f} [{row['external']['roc_auc_ci_low']:.4f}, "
@@ -696,13 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         cost = {"train_seconds": round(train_s, 1), "members": members}
         rows[label] = score(label, ev, et, reference, base, {**cost, **einfo})
         if ext is not None and ee is not None:
-            threshold = choose_threshold(reference.split("val")[1], ev, base.train.target_sensitivity)
-            rows[label]["threshold"] = threshold
-            rows[label]["external"] = {
-                **score_metrics(ext.y, ee, ext.groups, threshold, base.evaluate, base.base.seed),
-                "key": ext.key, "n": len(ext.y), "n_malignant": int(ext.y.sum()),
-            }  # fmt: skip
-            rows[label]["p_external"] = ee.tolist()
+            score_external(rows[label], ext, ee, reference.split("val")[1], ev, base)
             print(f"   external ROC AUC {rows[label]['external']['roc_auc']:.4f}")
         probs[label] = (ev, et)
         calib += calibration_rows(label, ev, et, reference, base.evaluate.calibration_bins, base.base.seed)
